@@ -40,6 +40,8 @@ def _lse_block_update_kernel(
         xmax = tl.maximum(xmax, x)
     xmax_row = tl.max(xmax, axis=0)
     zmax = xmax_row * inv_t
+    # a block of -inf logits only (a masked vocabulary tail) subtracts 0: exact zero exps, not NaN
+    shift = tl.where(xmax_row == float("-inf"), 0.0, xmax_row)
     # pass 2: sums relative to the block max
     s_acc = tl.zeros([BLOCK], tl.float32)
     a_acc = tl.zeros([BLOCK], tl.float32)
@@ -47,11 +49,11 @@ def _lse_block_update_kernel(
         cols = c0 + offs
         valid = cols < n_cols
         x = tl.load(x_row + cols, mask=valid, other=0.0)
-        d = (x - xmax_row) * inv_t  # difference first: exact 0 at the max, no FMA residue
+        d = (x - shift) * inv_t  # difference first: exact 0 at the max, no FMA residue
         e = tl.where(valid, tl.exp(d), 0.0)
         s_acc += e
         if WITH_ENTROPY:
-            a_acc += e * d
+            a_acc += tl.where(e != 0.0, e * d, 0.0)  # -inf logits add 0, not 0 * -inf
     s_blk = tl.sum(s_acc, axis=0)
     m_old = tl.load(m_ptr + row)
     s_old = tl.load(s_ptr + row)
@@ -59,11 +61,12 @@ def _lse_block_update_kernel(
     first = m_old == float("-inf")
     m_old = tl.where(first, m_new, m_old)  # avoids -inf - -inf in the unselected branches
     f_old = tl.where(first, 0.0, tl.exp(m_old - m_new))
-    f_blk = tl.exp(zmax - m_new)
+    f_blk = tl.where(zmax == float("-inf"), 0.0, tl.exp(zmax - m_new))
     if WITH_ENTROPY:
         a_old = tl.where(first, 0.0, tl.load(a_ptr + row) + s_old * (m_old - m_new))
         a_blk = tl.sum(a_acc, axis=0)
-        tl.store(a_ptr + row, f_old * a_old + f_blk * (a_blk + s_blk * (zmax - m_new)))
+        a_new = tl.where(zmax == float("-inf"), 0.0, f_blk * (a_blk + s_blk * (zmax - m_new)))
+        tl.store(a_ptr + row, f_old * a_old + a_new)
     tl.store(s_ptr + row, f_old * s_old + f_blk * s_blk)
     # keep NaN rows NaN (max() may have skipped the NaN, the sum did not)
     tl.store(m_ptr + row, tl.where(s_blk != s_blk, s_blk, m_new))
@@ -95,7 +98,7 @@ def _logprob_grad_block_kernel(
         z = tl.load(x_row + cols, mask=valid, other=0.0) * inv_t
         p = tl.exp(z - lse)
         # d logp(t)/dz = 1[j=t] - p ; dH/dz = -p (z - lse + H)
-        dz = -p * (gl + ge * (z + shift)) + tl.where(cols == t, gl, 0.0)
+        dz = tl.where(p != 0.0, -p * (gl + ge * (z + shift)), 0.0) + tl.where(cols == t, gl, 0.0)
         # rows with no upstream gradient (ignored tokens) must read exactly 0, even if p is NaN
         dz = tl.where((gl == 0.0) & (ge == 0.0), 0.0, dz)
         tl.store(x_row + cols, dz * inv_t, mask=valid)

@@ -68,6 +68,34 @@ def test_fused_forward_and_grads_match_reference(backend, dtype, with_bias):
 
 
 @pytest.mark.parametrize("backend", backend_params())
+def test_masked_vocabulary_tail(backend):
+    """A bias of -inf on the last entries (a padded vocabulary): those entries get probability 0
+    and zero gradients, including vocabulary chunks that hold nothing but -inf, and the entropy
+    and its gradient stay finite (no 0 * -inf)."""
+    shape, H, V, chunk = (2, 5), 12, 301, 64  # the chunks [256, 301) and part of [192, 256) are masked
+    hidden, weight, bias, targets = _inputs(shape, H, V, torch.float32, scale=2.0, bias=True)
+    bias[200:] = float("-inf")
+    targets = targets % 200
+    g_lp, g_ent = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    leaves = [t.detach().double().requires_grad_() for t in (hidden, weight, bias)]
+    logp = torch.log_softmax((leaves[0] @ leaves[1].t() + leaves[2]) / 0.7, -1)
+    ref_lp = logp.gather(-1, targets[..., None])[..., 0]
+    ref_ent = -(logp.exp() * logp.masked_fill(torch.isinf(logp), 0)).sum(-1)
+    ref_grads = torch.autograd.grad((ref_lp * g_lp + ref_ent * g_ent).sum(), leaves[:2])
+
+    x = [t.detach().clone().requires_grad_() for t in (hidden, weight)]
+    lp, ent = ops.fused_linear_logprobs(x[0], x[1], targets, bias=bias, temperature=0.7, return_entropy=True,
+                                        chunk_size=chunk, backend=backend)
+    torch.testing.assert_close(lp.double(), ref_lp.detach(), atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(ent.double(), ref_ent.detach(), atol=2e-4, rtol=2e-4)
+    (lp.double() * g_lp + ent.double() * g_ent).sum().backward()
+    for leaf, ref in zip(x, ref_grads):
+        assert torch.isfinite(leaf.grad).all()
+        assert _rel_err(leaf.grad, ref) < 1e-4
+    assert (x[1].grad[200:] == 0).all()
+
+
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("magnitude", [1.0, 1e2, 1e4], ids=lambda m: f"mag{m:g}")
 def test_token_logprobs_large_logits(backend, magnitude):
     N, V = (6, 203) if backend == "triton" else (40, 1003)
