@@ -123,6 +123,42 @@ def test_chunk_sizes_agree(backend, vocab):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("entropy_coef", [0.0, 0.05])  # d logits as a scaled exp / recomputed densely
+def test_wide_masked_vocab_against_float64(backend, entropy_coef):
+    """V = 600 spans several vocabulary parts of the C++ epilogue (256 rows each) with a partial
+    last one; the bias masks the last 100 entries with -inf (a padded vocabulary), which leaves
+    the whole last part at -inf; logits reach |z| ~ 60; chunks of 1, 7, 20 and the default."""
+    g = torch.Generator().manual_seed(11)
+    vocab = 600
+    hidden = torch.randn(B, T, H, generator=g) * 3
+    weight = torch.randn(vocab, H, generator=g)
+    bias = torch.randn(vocab, generator=g)
+    bias[500:] = float("-inf")
+    targets = torch.randint(0, 500, (B, T), generator=g)
+    mask = (torch.rand(B, T, generator=g) > 0.2).float()
+    with torch.no_grad():
+        lp = torch.log_softmax((hidden @ weight.t() + bias) / 0.7, -1).gather(-1, targets[..., None])[..., 0]
+    old = lp + torch.randn(B, T, generator=g) * 0.3
+    adv = torch.tensor([1.0, -0.5, 2.0])
+    y = [hidden.double().requires_grad_(), weight.double().requires_grad_()]
+    logp = torch.log_softmax((y[0] @ y[1].t() + bias.double()) / 0.7, -1)
+    ent = -(logp.exp() * logp.masked_fill(torch.isinf(logp), 0)).sum(-1)
+    want, _ = ref_grpo(logp.gather(-1, targets[..., None])[..., 0], old, adv, mask, entropy=ent,
+                       entropy_coef=entropy_coef)
+    want_grads = torch.autograd.grad(want, y)
+    for chunk in (1, 7, 20, None):
+        x = [hidden.clone().requires_grad_(), weight.clone().requires_grad_(), bias.clone().requires_grad_()]
+        loss, metrics = fused_linear_grpo_loss(x[0], x[1], targets, old, adv, mask, bias=x[2], temperature=0.7,
+                                               entropy_coef=entropy_coef, compute_entropy=True, chunk_size=chunk,
+                                               backend=backend)
+        grads = torch.autograd.grad(loss, x)
+        assert_close(loss, want, rtol=1e-4, what=f"loss, chunk {chunk}")
+        assert torch.isfinite(grads[2]).all() and (grads[2][500:] == 0).all()
+        for got, exp in zip(grads, want_grads):
+            assert_close(got, exp, rtol=1e-4, atol=1e-5, what=f"grad, chunk {chunk}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_no_valid_token_and_no_grad(backend):
     hidden, weight, b, targets, old, adv, mask, ref = make_inputs()
     x = leaves(hidden, weight, b)

@@ -297,11 +297,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grpo_loss_fwd(
 }
 
 // Token-chunked fused linear + GRPO loss. Only valid tokens are computed: they
-// are gathered chunk by chunk (rows of `chunk` tokens over the whole
-// vocabulary), so padding costs nothing. Per chunk: logits = h W^T (+ b)
-// (GEMM 1), the row log-sum-exp / log-prob / entropy epilogue, the per-token
-// loss terms and coefficients, d logits in place, d hidden rows = dl W (GEMM 2)
-// and d W += dl^T h (GEMM 3).
+// are gathered chunk by chunk (`chunk` tokens over the whole vocabulary), so
+// padding costs nothing. Per chunk, with the logits stored vocabulary-major:
+// logits^T = W h^T (+ b) (GEMM 1), the per-token log-sum-exp / log-prob /
+// entropy epilogue, the loss terms and coefficients, d logits^T in place,
+// d hidden rows = dl W (GEMM 2) and d W += dl^T h (GEMM 3).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_grpo_fwd(
     const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     const at::Tensor& targets_in, const at::Tensor& old_logprobs, const at::Tensor& advantages,
@@ -356,22 +356,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_gr
   at::Tensor d_hidden = need_d_hidden ? at::zeros({n, h}, f32) : at::empty({0}, f32);
   // d weight is written by the first chunk's GEMM (beta = 0) rather than zero-filled first: one
   // pass less over [V, H]; zeroed only when no chunk runs.
-  at::Tensor d_weight = need_d_weight ? (nv > 0 ? at::empty({vocab, h}, f32) : at::zeros({vocab, h}, f32))
-                                      : at::empty({0}, f32);
+  // d weight is accumulated by every chunk's GEMM 3; zero-filled first because first-touch
+  // page faults inside the GEMM cost several times what a plain fill does.
+  at::Tensor d_weight = need_d_weight ? at::zeros({vocab, h}, f32) : at::empty({0}, f32);
   at::Tensor d_bias = need_d_bias ? at::zeros({vocab}, f32) : at::empty({0}, f32);
   double sums[kNumSums] = {0};
 
   if (nv > 0) {
     const int64_t rows = token_chunk_rows(nv, vocab, chunk_size);
+    // Vocabulary-major chunk of logits [V, ld] (see softmax_cols_fused); 16 columns per vector.
+    const int64_t ld = (rows + 15) / 16 * 16;
     at::Tensor index = at::from_blob(valid.data(), {nv}, at::kLong);
-    at::Tensor logits_buf = at::empty({rows * vocab}, f32);
+    at::Tensor logits_buf = at::empty({vocab, ld}, f32);
     at::Tensor h_buf = at::empty({rows, h}, f32);
     at::Tensor dh_buf = need_d_hidden ? at::empty({rows, h}, f32) : at::Tensor();
-    at::Tensor row_buf = at::empty({3, rows}, f32);  // lse, log-prob, entropy per row
-    float* lse = row_buf.data_ptr<float>();
-    float *lp = lse + rows, *ent = lse + 2 * rows;
+    // Per token: lse, log-prob, entropy, and d logits = scale * x + onehot * 1[v = target].
+    at::Tensor row_buf = at::empty({5, rows}, f32);
+    float* lse = row_buf[0].data_ptr<float>();
+    float *lp = row_buf[1].data_ptr<float>(), *ent = row_buf[2].data_ptr<float>();
+    at::Tensor tgt_t = at::empty({rows}, at::kLong);
+    int64_t* tgt = tgt_t.data_ptr<int64_t>();
     std::vector<double> row_sums(rows * kNumSums);
-    std::vector<int64_t> tgt(rows);
     const float inv_t = float(1.0 / temperature);
     const bool ent_grad = with_entropy && o.entropy_coef != 0.0;
 
@@ -380,37 +385,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_gr
       at::Tensor idx = index.narrow(0, c0, r);
       at::Tensor hc = h_buf.narrow(0, 0, r);
       at::index_select_out(hc, h32, 0, idx);
-      at::Tensor x = logits_buf.narrow(0, 0, r * vocab).view({r, vocab});
+      // x^T = W h_c^T (+ b): the chunk's logits, token j in column j
+      at::Tensor xt = logits_buf.narrow(1, 0, r);
       if (has_bias) {
-        at::addmm_out(x, b32, hc, w32.t());
+        at::addmm_out(xt, b32.unsqueeze(1), w32, hc.t());
       } else {
-        at::mm_out(x, hc, w32.t());
+        at::mm_out(xt, w32, hc.t());
       }
+      // Scratch columns up to the next vector: finite, so no NaN arithmetic in them.
+      const int64_t r16 = (r + 15) / 16 * 16;
+      if (r16 > r) logits_buf.narrow(1, r, r16 - r).zero_();
       for (int64_t j = 0; j < r; ++j) tgt[j] = tgt_p[valid[c0 + j]];
+      at::Tensor scale = row_buf[3].narrow(0, 0, r), onehot = row_buf[4].narrow(0, 0, r);
+      at::Tensor tgt_c = tgt_t.narrow(0, 0, r);
       std::fill(row_sums.begin(), row_sums.end(), 0.0);
-      // Per row, in parallel: log-prob and entropy, the loss terms and d loss / d lp, d logits.
+      // Per token: log-prob and entropy, the loss terms and d loss / d lp, d logits in place.
       const RowCoefFn coef = [&](int64_t j, float logprob, float entropy, float& g_lp, float& g_ent) {
         grpo_token<float>(logprob, entropy, valid[c0 + j], tk, o, &g_lp, ent_grad ? &g_ent : nullptr,
                           row_sums.data() + j * kNumSums);
       };
-      softmax_rows_fused(x.data_ptr<float>(), vocab, r, vocab, tgt.data(), inv_t, with_entropy, any_grad,
-                         ent_grad, coef, lse, lp, with_entropy ? ent : nullptr);
-      for (int64_t j = 0; j < r; ++j)  // in row order: the sums do not depend on the thread count
+      softmax_cols_fused(logits_buf.data_ptr<float>(), ld, r, vocab, tgt, inv_t, with_entropy, any_grad, ent_grad,
+                         coef, lse, lp, with_entropy ? ent : nullptr, scale.data_ptr<float>(),
+                         onehot.data_ptr<float>());
+      for (int64_t j = 0; j < r; ++j)  // in token order: the sums do not depend on the thread count
         for (int k = 0; k < kNumSums; ++k) sums[k] += row_sums[j * kNumSums + k];
       if (!any_grad) continue;
+      // d logits^T = x diag(scale) + the one-hot terms: the scale goes onto the small operand
+      // of each GEMM and the one-hot terms are rank-one row updates.
       if (need_d_hidden) {
         at::Tensor dh = dh_buf.narrow(0, 0, r);
-        at::mm_out(dh, x, w32);
+        at::mm_out(dh, xt.t(), w32);
+        dh.mul_(scale.unsqueeze(1)).add_(at::index_select(w32, 0, tgt_c).mul_(onehot.unsqueeze(1)));
         d_hidden.index_copy_(0, idx, dh);
       }
       if (need_d_weight) {
-        if (c0 == 0) {
-          at::mm_out(d_weight, x.t(), hc);
-        } else {
-          d_weight.addmm_(x.t(), hc);
-        }
+        d_weight.addmm_(xt, hc * scale.unsqueeze(1));
+        d_weight.index_add_(0, tgt_c, hc * onehot.unsqueeze(1));
       }
-      if (need_d_bias) d_bias.add_(x.sum(0));
+      if (need_d_bias) d_bias.add_(at::mv(xt, scale)).index_add_(0, tgt_c, onehot);
     }
   }
   at::Tensor loss = at::scalar_tensor(sums[kLoss], f32);

@@ -6,6 +6,9 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
+
+#include <c10/util/Exception.h>
 
 #include "vec_math.h"
 
@@ -41,27 +44,30 @@ void lse_block_update(const T* x, int64_t ld, int64_t n, int64_t vc, int64_t v0,
       // would be contracted to an FMA and leave the product's rounding error,
       // making s < 1 and p > 1), and no cancellation at |x| ~ 1e4.
       const T zmax = xmax * inv_t;
+      // A block of -inf logits only (a masked vocabulary tail) subtracts 0: its exps are then
+      // exact zeros rather than NaN from -inf - -inf, and -inf logits add 0 to the entropy sum.
+      const T shift = xmax == kNegInf ? T(0) : xmax;
       T s_blk = T(0), a_blk = T(0);
       if (with_entropy) {
 #pragma omp simd reduction(+ : s_blk, a_blk)
         for (int64_t j = 0; j < vc; ++j) {
-          const T d = (row[j] - xmax) * inv_t;
+          const T d = (row[j] - shift) * inv_t;
           const T e = row_exp(d);
           s_blk += e;
-          a_blk += e * d;
+          a_blk += e != T(0) ? e * d : T(0);
         }
       } else {
 #pragma omp simd reduction(+ : s_blk)
-        for (int64_t j = 0; j < vc; ++j) s_blk += row_exp((row[j] - xmax) * inv_t);
+        for (int64_t j = 0; j < vc; ++j) s_blk += row_exp((row[j] - shift) * inv_t);
       }
       // Merge with the running state (first block: m = -inf, s = a = 0).
       const T m_old = st.m[r];
       const T m_new = std::max(m_old, zmax);
       const T f_old = m_old == kNegInf ? T(0) : std::exp(m_old - m_new);
-      const T f_blk = std::exp(zmax - m_new);
+      const T f_blk = zmax == kNegInf ? T(0) : std::exp(zmax - m_new);
       if (with_entropy) {
         const T a_old = m_old == kNegInf ? T(0) : st.a[r] + st.s[r] * (m_old - m_new);
-        st.a[r] = f_old * a_old + f_blk * (a_blk + s_blk * (zmax - m_new));
+        st.a[r] = f_old * a_old + (zmax == kNegInf ? T(0) : f_blk * (a_blk + s_blk * (zmax - m_new)));
       }
       st.s[r] = f_old * st.s[r] + f_blk * s_blk;
       // NaN logits: std::max dropped them from zmax but s_blk is NaN, and the
@@ -108,7 +114,7 @@ void logprob_grad_block(T* x, int64_t ld, int64_t n, int64_t vc, int64_t v0,
       for (int64_t j = 0; j < vc; ++j) {
         const T z = row[j] * it;
         const T p = row_exp(z - l);
-        row[j] = -p * (gl + ge * (z + shift)) * it;
+        row[j] = p != T(0) ? -p * (gl + ge * (z + shift)) * it : T(0);  // z = -inf: 0, not 0 * inf
       }
       const int64_t t = targets[r];
       if (in_block(t, v0, vc)) row[t - v0] += gl * inv_t;
@@ -163,74 +169,120 @@ inline vfloat vexp(vfloat x) { return vec_math::exp_approx<vfloat, vint>(x); }
 
 }  // namespace
 
-void softmax_rows_fused(float* x, int64_t ld, int64_t n, int64_t vocab, const int64_t* targets,
+namespace {
+
+// Vocabulary rows per task of the column epilogue: a fixed count, so the sums (and the
+// bits of every result) depend on neither the thread count nor the chunk width.
+constexpr int64_t kColRows = 256;
+
+// Lanes [k, k + kLanes) of a per-token array.
+inline vfloat lanes(const float* p, int64_t k) { return vload(p + k); }
+
+}  // namespace
+
+void softmax_cols_fused(float* x, int64_t ld, int64_t n, int64_t vocab, const int64_t* targets,
                         float inv_t, bool with_entropy, bool with_grad, bool entropy_grad,
-                        const RowCoefFn& coef, float* lse, float* logprob, float* entropy) {
-  const int64_t body = vocab / kLanes * kLanes, tail = vocab - body;
+                        const RowCoefFn& coef, float* lse, float* logprob, float* entropy, float* col_scale,
+                        float* col_onehot) {
+  TORCH_CHECK(ld % kLanes == 0 && ld >= n, "softmax_cols_fused: ld must be a multiple of ", kLanes, " and >= n");
+  const int64_t nl = (n + kLanes - 1) / kLanes * kLanes;  // lanes swept: whole vectors
+  const int64_t parts = (vocab + kColRows - 1) / kColRows;
   const bool keep_exp = with_grad && !entropy_grad;
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      float* row = x + r * ld;
-      const int64_t t = targets[r];
-      const bool valid = t >= 0 && t < vocab;
-      const float z_tgt = valid ? row[t] * inv_t : 0.f;
-      // pass 1: max (NaN is dropped here but poisons the sum below, so the row reads NaN)
-      vfloat vmax = vsplat(kNegInf);
-      for (int64_t j = 0; j < body; j += kLanes) {
-        const vfloat v = vload(row + j);
-        vmax = v > vmax ? v : vmax;
-      }
-      if (tail) {
-        const vfloat v = vload_tail(row + body, tail, kNegInf);
-        vmax = v > vmax ? v : vmax;
-      }
-      const float xmax = hmax(vmax), zmax = xmax * inv_t;
-      // pass 2: sum exp(z - zmax) (and sum exp(z - zmax) (z - zmax)), keeping the exps if useful
-      vfloat vs = vsplat(0.f), va = vsplat(0.f);
-      for (int64_t j = 0; j <= vocab - 1; j += kLanes) {
-        const bool full = j < body;
-        // difference before scaling: exact 0 at the max (no FMA residue), no cancellation at |x| ~ 1e4
-        const vfloat d = ((full ? vload(row + j) : vload_tail(row + j, tail, kNegInf)) - xmax) * inv_t;
-        const vfloat e = vexp(d);
-        vs += e;
-        if (with_entropy) va += ((d == d) & (e != 0.f)) ? e * d : vsplat(0.f);  // -inf lanes add 0
-        if (keep_exp) {
-          if (full) vstore(row + j, e);
-          else vstore_tail(row + j, e, tail);
+  std::vector<float> z_tgt(nl, 0.f);
+  for (int64_t j = 0; j < n; ++j)
+    if (targets[j] >= 0 && targets[j] < vocab) z_tgt[j] = x[targets[j] * ld + j] * inv_t;
+
+  // Sweep 1: the max logit of each token. Rows of the chunk are contiguous: each part
+  // streams its rows with the per-token state (ld floats) in L1.
+  std::vector<float> part_max(parts * nl);
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      float* pm = part_max.data() + p * nl;
+      std::fill(pm, pm + nl, kNegInf);
+      for (int64_t v = p * kColRows, v1 = std::min(vocab, v + kColRows); v < v1; ++v)
+        for (int64_t k = 0; k < nl; k += kLanes) {
+          const vfloat xv = vload(x + v * ld + k), m = lanes(pm, k);
+          vstore(pm + k, xv > m ? xv : m);  // NaN is dropped here but poisons the sums below
         }
-      }
-      const float s = hsum(vs), log_s = std::log(s);
-      const float l = zmax + log_s;
-      const float lp = valid ? z_tgt - l : 0.f;
-      const float ent = (valid && with_entropy) ? log_s - hsum(va) / s : 0.f;
-      lse[r] = l;
-      logprob[r] = lp;
-      if (entropy != nullptr) entropy[r] = ent;
-      float gl = 0.f, ge = 0.f;
-      coef(r, lp, ent, gl, ge);
-      if (!with_grad) continue;
-      if (!valid || (gl == 0.f && ge == 0.f)) {
-        std::fill(row, row + vocab, 0.f);
-        continue;
-      }
-      // pass 3: d loss / d z_j = gl (1[j=t] - p_j) - ge p_j (z_j - lse + H), times 1/T for the logits
-      if (keep_exp) {
-        const vfloat c = vsplat(-gl / s * inv_t);
-        for (int64_t j = 0; j < body; j += kLanes) vstore(row + j, vload(row + j) * c);
-        for (int64_t j = body; j < vocab; ++j) row[j] *= c[0];
-      } else {
-        const float shift = ent - l;
-        for (int64_t j = 0; j <= vocab - 1; j += kLanes) {
-          const bool full = j < body;
-          const vfloat z = (full ? vload(row + j) : vload_tail(row + j, tail, 0.f)) * inv_t;
-          const vfloat p = vexp(z - l);
-          const vfloat g = -p * (gl + ge * (z + shift)) * inv_t;
-          if (full) vstore(row + j, g);
-          else vstore_tail(row + j, g, tail);
-        }
-      }
-      row[t] += gl * inv_t;
     }
+  });
+  // A token whose logits are all -inf subtracts 0 instead: exps are then exact zeros.
+  std::vector<float> xmax(nl, kNegInf);
+  for (int64_t p = 0; p < parts; ++p)
+    for (int64_t k = 0; k < nl; k += kLanes) {
+      const vfloat a = lanes(part_max.data() + p * nl, k), m = lanes(xmax.data(), k);
+      vstore(xmax.data() + k, a > m ? a : m);
+    }
+  for (int64_t k = 0; k < nl; k += kLanes) {
+    const vfloat m = lanes(xmax.data(), k);
+    vstore(xmax.data() + k, m == kNegInf ? vsplat(0.f) : m);
+  }
+
+  // Sweep 2: per part, sum exp(d) and sum exp(d) d with d = (x - max) / T (the difference
+  // before scaling: exact 0 at the max, no cancellation at |x| ~ 1e4); exp(d) replaces the
+  // logit when the gradient is a per-token multiple of it.
+  std::vector<float> part_s(parts * nl), part_a(with_entropy ? parts * nl : 0);
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      float* ps = part_s.data() + p * nl;
+      float* pa = with_entropy ? part_a.data() + p * nl : nullptr;
+      std::fill(ps, ps + nl, 0.f);
+      if (pa != nullptr) std::fill(pa, pa + nl, 0.f);
+      for (int64_t v = p * kColRows, v1 = std::min(vocab, v + kColRows); v < v1; ++v)
+        for (int64_t k = 0; k < nl; k += kLanes) {
+          float* px = x + v * ld + k;
+          const vfloat d = (vload(px) - lanes(xmax.data(), k)) * inv_t;
+          const vfloat e = vexp(d);
+          vstore(ps + k, lanes(ps, k) + e);
+          if (pa != nullptr) vstore(pa + k, lanes(pa, k) + (((d == d) & (e != 0.f)) ? e * d : vsplat(0.f)));
+          if (keep_exp) vstore(px, e);
+        }
+    }
+  });
+  std::vector<float> sum_s(nl, 0.f), sum_a(nl, 0.f);
+  for (int64_t p = 0; p < parts; ++p)  // in part order: deterministic
+    for (int64_t k = 0; k < nl; k += kLanes) {
+      vstore(sum_s.data() + k, lanes(sum_s.data(), k) + lanes(part_s.data() + p * nl, k));
+      if (with_entropy) vstore(sum_a.data() + k, lanes(sum_a.data(), k) + lanes(part_a.data() + p * nl, k));
+    }
+
+  // Per token: lse, log-prob, entropy, then the loss coefficients, in token order.
+  std::vector<float> g_lp(nl, 0.f), g_ent(nl, 0.f), lse_l(nl, 0.f), shift(nl, 0.f);
+  for (int64_t j = 0; j < n; ++j) {
+    const bool valid = targets[j] >= 0 && targets[j] < vocab;
+    const float log_s = std::log(sum_s[j]);
+    const float l = xmax[j] * inv_t + log_s;
+    const float lp = valid ? z_tgt[j] - l : 0.f;
+    const float ent = (valid && with_entropy) ? log_s - sum_a[j] / sum_s[j] : 0.f;
+    lse[j] = lse_l[j] = l;
+    logprob[j] = lp;
+    if (entropy != nullptr) entropy[j] = ent;
+    float gl = 0.f, ge = 0.f;
+    coef(j, lp, ent, gl, ge);
+    if (!valid) gl = ge = 0.f;
+    g_lp[j] = gl;
+    g_ent[j] = ge;
+    shift[j] = ent - l;
+    if (with_grad) {
+      // d loss / d z_v = gl (1[v = t] - p_v) - ge p_v (z_v - lse + H), times 1/T for the logits
+      col_onehot[j] = gl * inv_t;
+      col_scale[j] = keep_exp ? (gl != 0.f ? -gl * inv_t / sum_s[j] : 0.f) : (gl != 0.f || ge != 0.f ? 1.f : 0.f);
+    }
+  }
+  if (!with_grad || keep_exp) return;
+
+  // With an entropy gradient the logits become the dense part of d logits in one more sweep.
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t v = p * kColRows, v1 = std::min(vocab, v + kColRows); v < v1; ++v)
+        for (int64_t k = 0; k < nl; k += kLanes) {
+          float* px = x + v * ld + k;
+          const vfloat gl = lanes(g_lp.data(), k), ge = lanes(g_ent.data(), k);
+          const vfloat z = vload(px) * inv_t;
+          const vfloat pr = vexp(z - lanes(lse_l.data(), k));
+          const vfloat g = -pr * (gl + ge * (z + lanes(shift.data(), k))) * inv_t;
+          vstore(px, ((gl == 0.f) & (ge == 0.f)) | (pr == 0.f) ? vsplat(0.f) : g);  // z = -inf: 0, not 0 * inf
+        }
   });
 }
 

@@ -52,23 +52,31 @@ void logprob_grad_block(T* x, int64_t ld, int64_t n, int64_t vc, int64_t v0,
 namespace rubricrl {
 namespace cpu {
 
-// d loss / d logprob and d loss / d entropy of one row, from its log-prob and
-// entropy: coef(row, logprob, entropy, g_lp, g_ent). Called concurrently for
-// different rows, so it may only write state of its own row.
+// d loss / d logprob and d loss / d entropy of one token (row of logits), from its
+// log-prob and entropy: coef(row, logprob, entropy, g_lp, g_ent). Called once per
+// token, in token order, on the calling thread.
 using RowCoefFn = std::function<void(int64_t row, float logprob, float entropy, float& g_lp, float& g_ent)>;
 
-// Whole-vocabulary rows (the token-chunked fused ops): for each row, while it is
-// still in cache, the log-sum-exp, log-prob and entropy (as lse_block_update +
-// lse_finish over the single block [0, vocab)), then coef(), then, if
-// with_grad, the row is overwritten in place with d loss / d logits (as
-// logprob_grad_block). One sweep over memory instead of three. Without an
-// entropy gradient (entropy_grad false) the exponentials of the first pass are
-// kept in the row and the gradient pass is a scale, with no second exp.
-// Rows with g_lp = g_ent = 0 (and all rows when !with_grad) are zero-filled /
-// left as logits respectively. Rows in parallel on the ATen pool.
-void softmax_rows_fused(float* x, int64_t ld, int64_t n, int64_t vocab, const int64_t* targets,
+// Whole-vocabulary chunks stored vocabulary-major (the token-chunked fused GRPO op): x is
+// [vocab, ld], token j of the chunk in column j (n <= ld tokens; ld a multiple of 16; columns
+// n..ld-1 are scratch and may be overwritten). Why this layout: GEMM 1 then runs as
+// W h_c^T, which on MKL costs what a full-size GEMM does per FLOP (the row-major h_c W^T
+// paid ~10% more at 512-token chunks, re-packing W per call), and the epilogue streams
+// contiguous rows of the chunk's tokens, 16 tokens per vector.
+//
+// Per token: log-sum-exp, log-prob and entropy (sums over vocabulary parts of fixed size,
+// merged in order: results depend on neither the thread count nor the chunk width), then
+// coef(), called in token order. With with_grad, d loss / d logits is left as
+//   d logits^T[v, j] = col_scale[j] * x[v, j] + col_onehot[j] * 1[v = target_j]
+// for the caller's GEMMs to apply (a per-token scale of the GEMM's small operand and a
+// rank-one correction): without an entropy gradient x is overwritten by exp((x - max_j) / T),
+// so no second sweep over the chunk is needed; with one, by the dense part of the gradient
+// (col_scale 1). Tokens with no gradient get col_scale = col_onehot = 0. Without with_grad
+// x is left as it was. Vocabulary parts in parallel on the ATen pool.
+void softmax_cols_fused(float* x, int64_t ld, int64_t n, int64_t vocab, const int64_t* targets,
                         float inv_t, bool with_entropy, bool with_grad, bool entropy_grad,
-                        const RowCoefFn& coef, float* lse, float* logprob, float* entropy);
+                        const RowCoefFn& coef, float* lse, float* logprob, float* entropy, float* col_scale,
+                        float* col_onehot);
 
 }  // namespace cpu
 }  // namespace rubricrl
