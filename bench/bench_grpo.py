@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-VARIANTS = ["floor", "rubricrl_cpp", "rubricrl_cpp_c128", "rubricrl_cpp_c512", "liger", "liger_compiled", "naive"]
+VARIANTS = ["floor", "rubricrl_cpp", "rubricrl_cpp_c256", "liger", "liger_compiled", "naive"]
 
 
 # ---------------------------------------------------------------- memory
