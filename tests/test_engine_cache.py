@@ -117,7 +117,8 @@ def test_left_padded_prefix_batch_with_mask(engine):
 
 def test_expand_cache_layout_and_original_untouched(engine):
     with torch.no_grad():
-        _, cache = engine.forward_with_cache(torch.tensor([_ids(engine, "abcd"), _ids(engine, "wxyz")]))
+        rows = [[_ids(engine, c)[0] for c in word] for word in ("abcd", "wxyz")]  # one token per letter
+        _, cache = engine.forward_with_cache(torch.tensor(rows))
     before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
     expanded = expand_cache(cache, 3)
     for (k, v), layer in zip(before, expanded.layers):

@@ -11,6 +11,7 @@ from rubricrl.data.rubrics import RubricItem
 from rubricrl.engines import HFEngine
 from rubricrl.judges import GradeRequest, LogprobJudge, make_judge, verdict_token_ids, verdicts_from_probs
 from rubricrl.models import build_tiny_model, load_builtin_tokenizer
+from rubricrl.rewards.judge_prompts import verdict_words
 from rubricrl.rewards.rubric_score import score_response
 
 
@@ -124,13 +125,26 @@ def test_prefix_runs_once_per_group_and_each_response_once(small_engine, request
     assert widths == sorted(widths, reverse=True)
 
 
-def test_verdict_token_ids_of_the_byte_tokenizer(engine):
-    ids = verdict_token_ids(engine.tokenizer)
-    assert set(ids.yes) == {ord("t"), ord("T")}
-    assert set(ids.no) == {ord("f"), ord("F")}
-    assert ids.dropped == (ord(" "),)  # " true" and " false" both start with a space byte
+def test_verdict_token_ids_of_the_builtin_tokenizer(engine):
+    tok = engine.tokenizer
+    ids = verdict_token_ids(tok)
+    yes_words, no_words = verdict_words()
+    # Each id is the start of a verdict word of its own side and of no word of the other side.
+    for side, words, other in ((ids.yes, yes_words, no_words), (ids.no, no_words, yes_words)):
+        for i in side:
+            text = tok.decode([i])
+            assert text and any(w.startswith(text) for w in words) and not any(w.startswith(text) for w in other)
+    assert not set(ids.yes) & set(ids.no) and ids.dropped == ()
+    # The BPE merges make the spaced lower-case words, what follows "Verdict:", one token each.
+    assert tok.encode(" true", add_special_tokens=False) == [ids.yes[0]]
+    assert tok.encode(" false", add_special_tokens=False) == [ids.no[0]]
+    # A first token shared by a yes and a no word is dropped from both sets.
+    (spaces,) = tok.encode("  ", add_special_tokens=False)  # a whitespace run is one piece
+    assert tok.encode("  yes", add_special_tokens=False)[0] == spaces == tok.encode("  no", add_special_tokens=False)[0]
+    shared = verdict_token_ids(tok, [" true", "  yes"], [" false", "  no"])
+    assert shared.dropped == (spaces,) and shared.yes == (ids.yes[0],) and shared.no == (ids.no[0],)
     with pytest.raises(ValueError, match="no usable verdict tokens"):
-        verdict_token_ids(engine.tokenizer, ["yes"], ["yikes"])
+        verdict_token_ids(tok, ["yes"], ["yikes"])
 
 
 def test_prompt_encoding_is_the_chat_rendering(engine):
