@@ -14,10 +14,13 @@ So, per group of requests with the same conversation:
    ``expand_cache``, responses are right-padded and masked (the tokens every item suffix
    of a group starts with, e.g. ``<criterion points="``, are appended to the responses
    here, so they too run once per response);
-3. every (response, item) suffix runs on top of its response's cache rows, batched and
-   right-padded; the hidden state at each suffix's last real token is the verdict state.
-   Suffixes are sorted by length and cut into batches of similar lengths (a batch costs
-   rows x its longest suffix; the cut points minimise that plus a fixed cost per forward).
+3. all item suffixes of a response run packed into that response's row, on the responses'
+   cache as it is (``segment_ids``: each suffix attends to the context and to itself
+   only); the hidden state at each suffix's last token is the verdict state. Packing makes
+   no per-(response, item) copy of the context cache (copying it per row, then growing
+   it with ``torch.cat`` and repeating GQA heads, cost more than the attention itself);
+   it does compute, and mask out, each suffix's queries against the other suffixes of
+   its row (measured cheaper than the copies, and than cutting a row into several).
 
 Padding inside the cache (a short response in a batch of longer ones) is masked, and
 positions count real tokens only, so every suffix sees exactly the sequence
