@@ -88,7 +88,8 @@ def build_inputs():
     # Responses: n tokens of real completions (decoded from a token slice; re-encoding the
     # text can merge across the cut, so the recorded response_tokens may differ by one or two).
     text = " ".join(r.completion for r in builtin_meta_eval())
-    text_ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # longer than the model: only sliced
+    # (longer than the model's context, hence verbose=False: it is only sliced)
+    text_ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     responses = [tokenizer.decode(text_ids[i * 300 : i * 300 + n]).strip() for i, n in enumerate(RESPONSE_TOKENS)]
     requests = [GradeRequest(conversation, r, items, group_id=prompt.prompt_id) for r in responses]
     shape = {

@@ -138,7 +138,9 @@ def test_packed_segments_equal_separate_continuations(engine):
         _, cache = engine.forward_with_cache(pids, attention_mask=pmask)
         mask = torch.cat([pmask, (seg >= 0).long()], dim=1)
         with pytest.raises(ValueError, match="segment_ids >= 0"):
-            engine.forward_with_cache(ids, expand_cache(cache, 1), attention_mask=torch.ones_like(mask), segment_ids=seg)
+            engine.forward_with_cache(
+                ids, expand_cache(cache, 1), attention_mask=torch.ones_like(mask), segment_ids=seg
+            )
         hidden, _ = engine.forward_with_cache(ids, cache, attention_mask=mask, segment_ids=seg)
     assert torch.isfinite(hidden).all()  # padding queries too: NaN there would leak into real rows
     for b, row in enumerate(conts):

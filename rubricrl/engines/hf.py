@@ -339,7 +339,9 @@ class HFEngine(Engine):
             if segment_ids is None:
                 position_ids = position_ids_from_mask(attention_mask)[:, past:]
             else:
-                attention_mask, position_ids = _segment_mask(attention_mask, segment_ids.to(device), past, self._model.dtype)
+                attention_mask, position_ids = _segment_mask(
+                    attention_mask, segment_ids.to(device), past, self._model.dtype
+                )
         out = self._decoder()(
             input_ids=input_ids,
             attention_mask=attention_mask,

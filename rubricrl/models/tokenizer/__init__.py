@@ -10,8 +10,10 @@ special tokens are ``<|pad|>``, ``<|bos|>``, ``<|eos|>``, ``<|im_start|>``,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 
 from transformers import PreTrainedTokenizerFast
 
@@ -44,7 +46,7 @@ def _check_files() -> None:
 
 
 @lru_cache(maxsize=1)
-def builtin_vocab() -> tuple[int, dict[str, int]]:
+def builtin_vocab() -> tuple[int, Mapping[str, int]]:
     """``(vocab_size, {special token: id})`` of the built-in tokenizer, read from its file."""
     from tokenizers import Tokenizer
 
@@ -54,7 +56,7 @@ def builtin_vocab() -> tuple[int, dict[str, int]]:
     missing = [t for t, i in ids.items() if i is None]
     if missing:
         raise ValueError(f"{TOKENIZER_FILE} lacks the special token(s) {missing}")
-    return tok.get_vocab_size(with_added_tokens=True), ids
+    return tok.get_vocab_size(with_added_tokens=True), MappingProxyType(ids)  # cached: read-only
 
 
 def load_builtin_tokenizer(*, padding_side: str = "left") -> PreTrainedTokenizerFast:
