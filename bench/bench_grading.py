@@ -85,9 +85,12 @@ def build_inputs():
         if len(enc.prefix_ids(conversation)) >= 4 * longest_suffix:
             break
         system = f"{system} {sentence}".strip()
-    # Responses: real completions cycled to exactly n tokens (the byte tokenizer: 1 char = 1 token).
-    texts = " ".join(r.completion for r in builtin_meta_eval())
-    responses = [texts[i * 300 : i * 300 + n] for i, n in enumerate(RESPONSE_TOKENS)]
+    # Responses: n tokens of real completions (decoded from a token slice; re-encoding the
+    # text can merge across the cut, so the recorded response_tokens may differ by one or two).
+    text = " ".join(r.completion for r in builtin_meta_eval())
+    # (longer than the model's context, hence verbose=False: it is only sliced)
+    text_ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    responses = [tokenizer.decode(text_ids[i * 300 : i * 300 + n]).strip() for i, n in enumerate(RESPONSE_TOKENS)]
     requests = [GradeRequest(conversation, r, items, group_id=prompt.prompt_id) for r in responses]
     shape = {
         "prompt_id": prompt.prompt_id,
@@ -226,9 +229,11 @@ def main(argv: list[str] | None = None) -> None:
         runs.append({"threads": threads, "rows": rows, "ratios": ratios, "loadavg_1m_before": load_before,
                      "loadavg_1m_after": os.getloadavg()[0]})
 
+    from rubricrl.models import TINY_CONFIG
+
     meta = {
         "shape": shape,
-        "model": "embedded tiny Qwen3-style model (4 layers, hidden 128, vocab 261), fp32, CPU",
+        "model": f"embedded tiny Qwen3-style model (4 layers, hidden 128, vocab {TINY_CONFIG['vocab_size']}), fp32, CPU",
         "repeats": args.repeats,
         "warmup": args.warmup,
         "timing": "one process; each round runs every variant once (interleaved); median over rounds after warm-up",

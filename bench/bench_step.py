@@ -133,9 +133,13 @@ def main() -> None:
     (harness.RESULTS / "step.json").write_text(json.dumps(out, indent=2) + "\n")
     md = (
         "## Training-step breakdown (CPU, tiny model, 4 prompts x 4 responses x >= 11 items)\n\n"
-        f"torch {env['versions'].get('torch')}, {env['threads']} thread(s), {env['cpu']}, "
-        f"load average {env['loadavg_1m']:.1f} -> {env['loadavg_1m_end']:.1f}; "
-        f"median of {args.steps} steps after 1 warm-up step.\n\n" + table + "\n"
+        f"torch {env['versions'].get('torch')}, transformers {env['versions'].get('transformers')}, "
+        f"{env['threads']} thread(s), {env['cpu']}, "
+        f"load average {env['loadavg_1m']:.1f} -> {env['loadavg_1m_end']:.1f} "
+        f"(a shared machine: indicative figures); vocabulary {setup['vocab']} (the built-in byte-level BPE); "
+        f"median of {args.steps} steps after 1 warm-up step. Response tokens: the mean sampled "
+        "length; the generate judge writes up to "
+        f"{args.judge_tokens} tokens per judgment with 1 attempt.\n\n" + table + "\n"
     )
     (harness.RESULTS / "step.md").write_text(md)
     print(md)

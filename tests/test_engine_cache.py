@@ -115,9 +115,46 @@ def test_left_padded_prefix_batch_with_mask(engine):
         torch.testing.assert_close(hidden[b], ref_hidden[-3:], atol=ATOL, rtol=0)
 
 
+def test_packed_segments_equal_separate_continuations(engine):
+    """Several continuations packed into one row (segment_ids) on a left-padded cached prefix
+    give each continuation's states of a plain forward of prefix + continuation."""
+    prefixes = [_ids(engine, "a long shared prefix for row zero"), _ids(engine, "short one")]
+    conts = [[_ids(engine, "first item of row zero"), _ids(engine, "x")], [_ids(engine, "only item here")]]
+    width = max(map(len, prefixes))
+    pad = engine.tokenizer.pad_token_id
+    pids = torch.full((2, width), pad)
+    pmask = torch.zeros((2, width), dtype=torch.long)
+    for b, p in enumerate(prefixes):
+        pids[b, width - len(p) :] = torch.tensor(p)
+        pmask[b, width - len(p) :] = 1
+    packed = max(sum(map(len, row)) for row in conts)
+    ids = torch.full((2, packed + 2), pad)  # +2: every row ends with padding
+    seg = torch.full((2, packed + 2), -1)
+    for b, row in enumerate(conts):
+        flat = [t for c in row for t in c]
+        ids[b, : len(flat)] = torch.tensor(flat)
+        seg[b, : len(flat)] = torch.tensor([k for k, c in enumerate(row) for _ in c])
+    with torch.no_grad():
+        _, cache = engine.forward_with_cache(pids, attention_mask=pmask)
+        mask = torch.cat([pmask, (seg >= 0).long()], dim=1)
+        with pytest.raises(ValueError, match="segment_ids >= 0"):
+            engine.forward_with_cache(
+                ids, expand_cache(cache, 1), attention_mask=torch.ones_like(mask), segment_ids=seg
+            )
+        hidden, _ = engine.forward_with_cache(ids, cache, attention_mask=mask, segment_ids=seg)
+    assert torch.isfinite(hidden).all()  # padding queries too: NaN there would leak into real rows
+    for b, row in enumerate(conts):
+        col = 0
+        for c in row:
+            ref_hidden, _ = _full(engine, prefixes[b] + c)
+            torch.testing.assert_close(hidden[b, col : col + len(c)], ref_hidden[-len(c) :], atol=ATOL, rtol=0)
+            col += len(c)
+
+
 def test_expand_cache_layout_and_original_untouched(engine):
     with torch.no_grad():
-        _, cache = engine.forward_with_cache(torch.tensor([_ids(engine, "abcd"), _ids(engine, "wxyz")]))
+        rows = [[_ids(engine, c)[0] for c in word] for word in ("abcd", "wxyz")]  # one token per letter
+        _, cache = engine.forward_with_cache(torch.tensor(rows))
     before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
     expanded = expand_cache(cache, 3)
     for (k, v), layer in zip(before, expanded.layers):

@@ -58,15 +58,19 @@ def test_generate_shapes_prompts_and_invariants():
     prompts = [*CHATS, "raw text prompt"]
     out = engine.generate(prompts, 3, max_new_tokens=8, seed=0)
     assert len(out) == 3 and all(len(group) == 3 for group in out)
-    im_start, im_end = 259, 260  # ChatML special tokens; every other id is a UTF-8 byte
+    tok = engine.tokenizer
+    im_start, im_end = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
 
-    def chat_ids(messages):
+    def text_ids(text):
+        return tok.encode(text, add_special_tokens=False)
+
+    def chat_ids(messages):  # ChatML, the special tokens as single ids between text pieces
         ids = []
         for m in messages:
-            ids += [im_start, *f"{m['role']}\n{m['content']}".encode(), im_end, *b"\n"]
-        return ids + [im_start, *b"assistant\n"]
+            ids += [im_start, *text_ids(f"{m['role']}\n{m['content']}"), im_end, *text_ids("\n")]
+        return ids + [im_start, *text_ids("assistant\n")]
 
-    expected_prompts = [chat_ids(CHATS[0]), chat_ids(CHATS[1]), list(b"raw text prompt")]
+    expected_prompts = [chat_ids(CHATS[0]), chat_ids(CHATS[1]), text_ids("raw text prompt")]
     for group, expected in zip(out, expected_prompts):
         for sample in group:
             assert sample.prompt_ids == expected
@@ -97,7 +101,10 @@ def test_behaviour_logprobs_match_the_logits_generate_sampled_from():
     engine = _engine(seed=4, head_scale=8.0)
     temperature, n, steps = 0.8, 2, 6
     out = engine.generate(["abc", "a much longer prompt"], n, max_new_tokens=steps, temperature=temperature, seed=9)
-    rows = [list(b"abc")] * n + [list(b"a much longer prompt")] * n
+    def text_ids(text):
+        return engine.tokenizer.encode(text, add_special_tokens=False)
+
+    rows = [text_ids("abc")] * n + [text_ids("a much longer prompt")] * n
     width = max(map(len, rows))
     pad = engine.tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
@@ -195,7 +202,7 @@ def test_versions_and_load_weights():
     other = build_tiny_model(seed=1)
     engine.load_weights(other.state_dict(), version=3)
     assert engine.policy_version == 3
-    ids = torch.tensor([list(b"check the weights")])
+    ids = torch.tensor([engine.tokenizer.encode("check the weights", add_special_tokens=False)])
     with torch.no_grad():
         torch.testing.assert_close(engine.model(input_ids=ids).logits, other(input_ids=ids).logits, atol=0, rtol=0)
     assert all(s.policy_version == 3 for g in engine.generate(["x"], 2, max_new_tokens=2, seed=0) for s in g)

@@ -42,7 +42,7 @@ def test_config_and_parameter_count():
     q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
     per_layer = h * q + 2 * h * kv + q * h + 2 * hd + 3 * h * i + 2 * h
     expected = 2 * v * h + cfg.num_hidden_layers * per_layer + h
-    assert sum(p.numel() for p in model.parameters()) == expected == 854_656
+    assert sum(p.numel() for p in model.parameters()) == expected == 1_574_272
 
 
 def test_overrides_apply_and_unknown_keys_are_rejected():
@@ -64,7 +64,7 @@ def test_generation_config_stops_on_end_of_turn_and_eos():
 def test_load_policy_none_is_tiny_model_and_builtin_tokenizer():
     model, tok = load_policy(None, seed=5)
     assert _same_weights(model, build_tiny_model(seed=5))
-    assert len(tok) == 261 and not model.training
+    assert len(tok) == model.config.vocab_size and not model.training
     bf16, _ = load_policy(None, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
 

@@ -11,6 +11,7 @@ from rubricrl.data.rubrics import RubricItem
 from rubricrl.engines import HFEngine
 from rubricrl.judges import GradeRequest, LogprobJudge, make_judge, verdict_token_ids, verdicts_from_probs
 from rubricrl.models import build_tiny_model, load_builtin_tokenizer
+from rubricrl.rewards.judge_prompts import verdict_words
 from rubricrl.rewards.rubric_score import score_response
 
 
@@ -75,12 +76,13 @@ def _reference_p(engine, judge, request, item, temperature):
 
 def test_prefix_shared_equals_unshared(engine, requests_, shared_probs):
     """Several responses and items of different lengths, two groups; batched in one pass
-    (the fixture) and in small chunks (which also cuts one response's items over batches)."""
+    (the fixture) and in small chunks (one response per forward, so the packed suffixes
+    run on rows selected from the responses' cache)."""
     unshared_judge = LogprobJudge(temperature=0.8, share_prefix=False, max_batch_tokens=3000)
     unshared_judge.pad_unshared = True  # right-padded batches of full prompts (as on a GPU)
     unshared = unshared_judge.verdict_probs(engine, requests_)
     one_by_one = LogprobJudge(temperature=0.8, share_prefix=False).verdict_probs(engine, requests_)
-    chunked = LogprobJudge(temperature=0.8, max_batch_tokens=3000).verdict_probs(engine, requests_)
+    chunked = LogprobJudge(temperature=0.8, max_batch_tokens=600).verdict_probs(engine, requests_)
     assert shared_probs.offsets.tolist() == unshared.offsets.tolist() == [0, 3, 6, 9, 11]
     torch.testing.assert_close(shared_probs.p_met, unshared.p_met, atol=1e-4, rtol=0)
     torch.testing.assert_close(shared_probs.mass, unshared.mass, atol=1e-4, rtol=0)
@@ -103,34 +105,46 @@ def test_prefix_runs_once_per_group_and_each_response_once(small_engine, request
     calls = []
     original = engine.forward_with_cache
 
-    def spy(input_ids, past_key_values=None, attention_mask=None):
-        calls.append((tuple(input_ids.shape), 0 if past_key_values is None else past_key_values.get_seq_length()))
-        return original(input_ids, past_key_values, attention_mask)
+    def spy(input_ids, past_key_values=None, attention_mask=None, segment_ids=None):
+        past = 0 if past_key_values is None else past_key_values.get_seq_length()
+        segments = None if segment_ids is None else [len(set(row) - {-1}) for row in segment_ids.tolist()]
+        calls.append((tuple(input_ids.shape), past, segments))
+        return original(input_ids, past_key_values, attention_mask, segment_ids)
 
     engine.forward_with_cache = spy
     try:
         LogprobJudge().verdict_probs(engine, requests_)
     finally:
         del engine.forward_with_cache
-    fresh = [shape for shape, past in calls if past == 0]
+    fresh = [shape for shape, past, _ in calls if past == 0]
     assert [s[0] for s in fresh] == [1, 1]  # one prefix pass per group (two conversations)
-    # group a: prefix, then its 3 responses in one batch, then its 9 (response, item) suffixes
-    # in batches of similar suffix length, each suffix once
-    second_group = [i for i, (_, past) in enumerate(calls) if past == 0][1]
+    # group a: prefix, then its 3 responses in one batch, then its 9 (response, item) suffixes,
+    # each once: packed as 3 segments into each response's row of the response cache
+    second_group = [i for i, (_, past, _) in enumerate(calls) if past == 0][1]
     group_a = calls[:second_group]
-    assert [shape[0] for shape, _ in group_a[:2]] == [1, 3]
-    assert sum(shape[0] for shape, _ in group_a[2:]) == 9
-    widths = [shape[1] for shape, _ in group_a[2:]]
-    assert widths == sorted(widths, reverse=True)
+    assert [(shape[0], segments) for shape, _, segments in group_a] == [(1, None), (3, None), (3, [3, 3, 3])]
 
 
-def test_verdict_token_ids_of_the_byte_tokenizer(engine):
-    ids = verdict_token_ids(engine.tokenizer)
-    assert set(ids.yes) == {ord("t"), ord("T")}
-    assert set(ids.no) == {ord("f"), ord("F")}
-    assert ids.dropped == (ord(" "),)  # " true" and " false" both start with a space byte
+def test_verdict_token_ids_of_the_builtin_tokenizer(engine):
+    tok = engine.tokenizer
+    ids = verdict_token_ids(tok)
+    yes_words, no_words = verdict_words()
+    # Each id is the start of a verdict word of its own side and of no word of the other side.
+    for side, words, other in ((ids.yes, yes_words, no_words), (ids.no, no_words, yes_words)):
+        for i in side:
+            text = tok.decode([i])
+            assert text and any(w.startswith(text) for w in words) and not any(w.startswith(text) for w in other)
+    assert not set(ids.yes) & set(ids.no) and ids.dropped == ()
+    # The BPE merges make the spaced lower-case words, what follows "Verdict:", one token each.
+    assert tok.encode(" true", add_special_tokens=False) == [ids.yes[0]]
+    assert tok.encode(" false", add_special_tokens=False) == [ids.no[0]]
+    # A first token shared by a yes and a no word is dropped from both sets.
+    (spaces,) = tok.encode("  ", add_special_tokens=False)  # a whitespace run is one piece
+    assert tok.encode("  yes", add_special_tokens=False)[0] == spaces == tok.encode("  no", add_special_tokens=False)[0]
+    shared = verdict_token_ids(tok, [" true", "  yes"], [" false", "  no"])
+    assert shared.dropped == (spaces,) and shared.yes == (ids.yes[0],) and shared.no == (ids.no[0],)
     with pytest.raises(ValueError, match="no usable verdict tokens"):
-        verdict_token_ids(engine.tokenizer, ["yes"], ["yikes"])
+        verdict_token_ids(tok, ["yes"], ["yikes"])
 
 
 def test_prompt_encoding_is_the_chat_rendering(engine):
@@ -204,18 +218,6 @@ def test_another_engine_can_judge(small_engine, requests_, shared_probs):
     probs = LogprobJudge(temperature=0.8).verdict_probs(small_engine, requests_[:1])
     assert not torch.allclose(probs.p_met, shared_probs.p_met[:3], atol=1e-4)
     assert all(0.0 <= p <= 1.0 and not math.isnan(p) for p in probs.p_met.tolist())
-
-
-def test_length_batches_cut_sorted_rows():
-    from rubricrl.judges.logprob import _length_batches
-
-    # equal widths: as few batches as the budget allows
-    assert _length_batches([10] * 6, context=90, budget=300) == [(0, 3), (3, 6)]
-    # a long row is not padded together with many short ones
-    assert _length_batches([300, 20, 20, 20, 20], context=100, budget=10**6) == [(0, 1), (1, 5)]
-    # a row wider than the budget still gets a batch of its own
-    assert _length_batches([500, 400], context=100, budget=50) == [(0, 1), (1, 2)]
-    assert _length_batches([], context=10, budget=10) == []
 
 
 def test_bad_options():

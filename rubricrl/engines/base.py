@@ -141,6 +141,7 @@ class Engine(abc.ABC):
         input_ids: torch.Tensor,
         past_key_values: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Cache]:
         """Forward ``input_ids [B, T]`` after the tokens held in ``past_key_values``.
 
@@ -150,6 +151,12 @@ class Engine(abc.ABC):
                 It is extended in place; use ``expand_cache`` to continue one prefix several times.
             attention_mask: ``[B, past + T]`` covering prefix and new tokens (1 = token,
                 0 = padding); None means no padding.
+            segment_ids: ``[B, T]`` int64 or None. Packs several continuations of the cached
+                prefix into one row: each run of equal ids ``>= 0`` (contiguous) is its own
+                sequence after the prefix, attending to the prefix and to itself only, its
+                positions starting right after the prefix; ``-1`` marks padding. The new-token
+                part of ``attention_mask`` must then be ``segment_ids >= 0``. The cache keeps
+                the packed tokens: continue it only with ``segment_ids`` again, or not at all.
 
         Returns:
             ``(hidden [B, T, H], cache)``: final-norm hidden states of the new tokens and the

@@ -306,6 +306,7 @@ class HFEngine(Engine):
         input_ids: torch.Tensor,
         past_key_values: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Cache]:
         """See ``Engine.forward_with_cache``; the cache is a ``transformers.DynamicCache``."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
@@ -324,6 +325,8 @@ class HFEngine(Engine):
             )
         device = self.device
         input_ids = input_ids.to(device)
+        if attention_mask is None and segment_ids is not None:
+            raise ValueError("segment_ids needs an attention_mask [B, past + T]")
         if attention_mask is None:
             position_ids = torch.arange(past, past + length, device=device).expand(batch, length)
         else:
@@ -333,7 +336,12 @@ class HFEngine(Engine):
                     f"(it covers the cached prefix), got {list(attention_mask.shape)}"
                 )
             attention_mask = attention_mask.to(device=device, dtype=torch.long)
-            position_ids = position_ids_from_mask(attention_mask)[:, past:]
+            if segment_ids is None:
+                position_ids = position_ids_from_mask(attention_mask)[:, past:]
+            else:
+                attention_mask, position_ids = _segment_mask(
+                    attention_mask, segment_ids.to(device), past, self._model.dtype
+                )
         out = self._decoder()(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -360,6 +368,34 @@ class HFEngine(Engine):
         device = self.device
         return input_ids.to(device), attention_mask.to(device=device, dtype=torch.long)
 
+
+
+def _segment_mask(
+    attention_mask: torch.Tensor, segment_ids: torch.Tensor, past: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 4D additive mask ``[B, 1, T, past + T]`` (0 = attend, -inf = not) and positions
+    ``[B, T]`` of packed segments (see ``Engine.forward_with_cache``). Additive rather than
+    boolean: torch's CPU attention runs faster with it (~20% on the judge's shapes)."""
+    batch, length = segment_ids.shape
+    if segment_ids.dtype != torch.long or tuple(attention_mask.shape) != (batch, past + length):
+        raise ValueError(f"segment_ids must be int64 [B, T] = {[batch, length]}, got {_describe(segment_ids)}")
+    real = segment_ids >= 0
+    if not torch.equal(attention_mask[:, past:].bool(), real):
+        raise ValueError("with segment_ids, the last T columns of attention_mask must be segment_ids >= 0")
+    context = attention_mask[:, :past].bool()
+    steps = torch.arange(length, device=segment_ids.device)
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (steps[None, :, None] >= steps[None, None, :])
+    # A padding query sees only itself: a row with nothing to attend to would give NaN, and
+    # NaN in its keys/values would reach real rows through 0 * NaN.
+    new = (same & real[:, :, None]) | torch.eye(length, dtype=torch.bool, device=segment_ids.device)
+    mask = torch.cat([context[:, None, :].expand(batch, length, past) & real[:, :, None], new], dim=2)
+    # Positions restart after the prefix's real tokens in each segment.
+    starts = torch.ones_like(real)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    first = torch.where(starts, steps, torch.zeros_like(steps)).cummax(dim=1).values
+    positions = context.sum(dim=1, keepdim=True) + (steps - first)
+    additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    return additive[:, None], positions.masked_fill(~real, 0)
 
 
 def _stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -14,10 +14,13 @@ So, per group of requests with the same conversation:
    ``expand_cache``, responses are right-padded and masked (the tokens every item suffix
    of a group starts with, e.g. ``<criterion points="``, are appended to the responses
    here, so they too run once per response);
-3. every (response, item) suffix runs on top of its response's cache rows, batched and
-   right-padded; the hidden state at each suffix's last real token is the verdict state.
-   Suffixes are sorted by length and cut into batches of similar lengths (a batch costs
-   rows x its longest suffix; the cut points minimise that plus a fixed cost per forward).
+3. all item suffixes of a response run packed into that response's row, on the responses'
+   cache as it is (``segment_ids``: each suffix attends to the context and to itself
+   only); the hidden state at each suffix's last token is the verdict state. Packing makes
+   no per-(response, item) copy of the context cache (copying it per row, then growing
+   it with ``torch.cat`` and repeating GQA heads, cost more than the attention itself);
+   it does compute, and mask out, each suffix's queries against the other suffixes of
+   its row (measured cheaper than the copies, and than cutting a row into several).
 
 Padding inside the cache (a short response in a batch of longer ones) is masked, and
 positions count real tokens only, so every suffix sees exactly the sequence
@@ -308,7 +311,9 @@ class LogprobJudge:
         head = suffixes[0][:common]
         responses = [enc.response + head for enc in encs]
 
-        # Responses in batches; for each, all its (response, item) suffixes.
+        # Responses in batches; then, on each batch's cache, every item suffix of a response
+        # packed into that response's row (``segment_ids``): each suffix attends to the context
+        # and to itself only, so no per-(response, item) copy of the context cache is made.
         order = sorted(range(len(encs)), key=lambda i: -len(responses[i]))
         start = 0
         while start < len(order):
@@ -320,52 +325,38 @@ class LogprobJudge:
             _, cache = engine.forward_with_cache(
                 ids.to(device), expand_cache(prefix_cache, len(batch)), attention_mask=ctx_mask.to(device)
             )
-            # (response, item) pairs, longest suffix first, cut into batches of similar
-            # lengths: a batch computes rows x its longest suffix, so mixing lengths wastes work.
-            pairs = [(b, k) for b, i in enumerate(batch) for k in range(len(encs[i].suffixes))]
-            pairs.sort(key=lambda bk: -len(encs[batch[bk[0]]].suffixes[bk[1]]))
-            widths = [len(encs[batch[b]].suffixes[k]) - common for b, k in pairs]
-            for lo, hi in _length_batches(widths, ctx_mask.shape[1], budget):
-                sel = pairs[lo:hi]
-                rows_of = torch.tensor([b for b, _ in sel], dtype=torch.long)
-                sfx, sfx_mask, lengths = _right_pad([encs[batch[b]].suffixes[k][common:] for b, k in sel], pad)
-                mask = torch.cat([ctx_mask[rows_of], sfx_mask], dim=1)
+            packed = [sum(len(s) - common for s in encs[i].suffixes) for i in batch]
+            rows = max(1, budget // (ctx_mask.shape[1] + max(packed)))
+            for lo in range(0, len(batch), rows):
+                sel = list(range(lo, min(lo + rows, len(batch))))
+                sfx, seg, ends = _pack([[s[common:] for s in encs[batch[b]].suffixes] for b in sel], pad)
+                part = cache if len(sel) == len(batch) else _select_rows(cache, torch.tensor(sel), len(batch))
+                mask = torch.cat([ctx_mask[sel], (seg >= 0).long()], dim=1)
                 hidden, _ = engine.forward_with_cache(
-                    sfx.to(device), _select_rows(cache, rows_of, len(batch)), attention_mask=mask.to(device)
+                    sfx.to(device), part, attention_mask=mask.to(device), segment_ids=seg.to(device)
                 )
-                last = hidden[torch.arange(len(sel), device=hidden.device), lengths.to(hidden.device) - 1]
-                yield [(members[batch[b]], k) for b, k in sel], last
+                rows_t = torch.tensor([j for j, e in enumerate(ends) for _ in e], device=hidden.device)
+                cols_t = torch.tensor([t for e in ends for t in e], device=hidden.device)
+                pairs = [(members[batch[b]], k) for b in sel for k in range(len(encs[batch[b]].suffixes))]
+                yield pairs, hidden[rows_t, cols_t]
 
 
-#: Fixed cost of one forward pass, as the number of extra query tokens that cost as much.
-_FORWARD_OVERHEAD_TOKENS = 256
+def _pack(groups: list[list[list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """Pack each group's sequences into one row: ``(ids [B, T], segment_ids [B, T], ends)``.
 
-
-def _length_batches(widths: list[int], context: int, budget: int) -> list[tuple[int, int]]:
-    """Cut rows sorted by decreasing width into consecutive batches ``[lo, hi)``.
-
-    Minimises the modelled cost: a batch runs ``rows x max width`` query tokens, each
-    attending to ``context + width`` keys, plus a fixed cost per forward; a batch holds at
-    most ``budget`` tokens of context (``rows x (context + max width)``), at least one row.
-    Exact dynamic programming over the cut points (rows are already sorted).
+    ``segment_ids`` numbers the sequences of a row (-1 = padding); ``ends[b][k]`` is the
+    column of the last token of sequence ``k`` of row ``b``.
     """
-    n = len(widths)
-    best = [0.0] + [float("inf")] * n
-    cut = [0] * (n + 1)
-    for hi in range(1, n + 1):
-        for lo in range(hi - 1, -1, -1):
-            rows, width = hi - lo, widths[lo]
-            if rows > 1 and rows * (context + width) > budget:
-                break
-            cost = best[lo] + (rows * width + _FORWARD_OVERHEAD_TOKENS) * (context + width)
-            if cost <= best[hi]:  # on a tie, the bigger batch (fewer forwards)
-                best[hi], cut[hi] = cost, lo
-    spans = []
-    hi = n
-    while hi > 0:
-        spans.append((cut[hi], hi))
-        hi = cut[hi]
-    return spans[::-1]
+    width = max(sum(map(len, g)) for g in groups)
+    ids = torch.full((len(groups), width), pad, dtype=torch.long)
+    seg = torch.full((len(groups), width), -1, dtype=torch.long)
+    ends: list[list[int]] = []
+    for b, group in enumerate(groups):
+        lengths = torch.tensor([len(s) for s in group], dtype=torch.long)
+        ids[b, : int(lengths.sum())] = torch.tensor([t for s in group for t in s], dtype=torch.long)
+        seg[b, : int(lengths.sum())] = torch.repeat_interleave(torch.arange(len(group)), lengths)
+        ends.append((lengths.cumsum(0) - 1).tolist())
+    return ids, seg, ends
 
 
 def _select_rows(cache: DynamicCache, rows: torch.Tensor, batch: int) -> DynamicCache:

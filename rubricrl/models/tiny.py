@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
 
-from rubricrl.models.tokenizer import BOS, EOS, IM_END, PAD, SPECIAL_TOKENS
+from rubricrl.models.tokenizer import BOS, EOS, IM_END, PAD, builtin_vocab
 
 __all__ = ["TINY_CONFIG", "build_tiny_model", "tiny_config"]
 
-# Ids of the built-in tokenizer (ids 0..255 are bytes, then the special tokens).
-_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
-_ID = {tok: 256 + i for i, tok in enumerate(SPECIAL_TOKENS)}
+# The model's vocabulary is the built-in tokenizer's, read from its file so the two
+# cannot drift apart when the tokenizer is rebuilt.
+_VOCAB_SIZE, _ID = builtin_vocab()
 
 # The defaults of the tiny model. GQA (4 query heads, 2 key/value heads) on purpose,
 # so code that handles caches and attention meets the layout real Qwen/Llama models use.
