@@ -96,16 +96,21 @@ def test_unmasked_chained_forward_equals_full_forward(engine):
     torch.testing.assert_close(torch.cat([h1[0], h2[0]]), ref_hidden, atol=ATOL, rtol=0)
 
 
+def _left_padded(engine, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, attention_mask)`` of ``rows`` left-padded to the longest."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), engine.tokenizer.pad_token_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, width - len(row) :] = torch.tensor(row)
+        mask[b, width - len(row) :] = 1
+    return ids, mask
+
+
 def test_left_padded_prefix_batch_with_mask(engine):
     prefixes = [_ids(engine, "a long shared prefix for row zero"), _ids(engine, "short one")]
     conts = [_ids(engine, "xyz"), _ids(engine, "uvw")]
-    width = max(map(len, prefixes))
-    pad = engine.tokenizer.pad_token_id
-    pids = torch.full((2, width), pad)
-    pmask = torch.zeros((2, width), dtype=torch.long)
-    for b, p in enumerate(prefixes):
-        pids[b, width - len(p) :] = torch.tensor(p)
-        pmask[b, width - len(p) :] = 1
+    pids, pmask = _left_padded(engine, prefixes)
     with torch.no_grad():
         _, cache = engine.forward_with_cache(pids, attention_mask=pmask)
         mask = torch.cat([pmask, torch.ones((2, 3), dtype=torch.long)], dim=1)
@@ -120,13 +125,8 @@ def test_packed_segments_equal_separate_continuations(engine):
     give each continuation's states of a plain forward of prefix + continuation."""
     prefixes = [_ids(engine, "a long shared prefix for row zero"), _ids(engine, "short one")]
     conts = [[_ids(engine, "first item of row zero"), _ids(engine, "x")], [_ids(engine, "only item here")]]
-    width = max(map(len, prefixes))
+    pids, pmask = _left_padded(engine, prefixes)
     pad = engine.tokenizer.pad_token_id
-    pids = torch.full((2, width), pad)
-    pmask = torch.zeros((2, width), dtype=torch.long)
-    for b, p in enumerate(prefixes):
-        pids[b, width - len(p) :] = torch.tensor(p)
-        pmask[b, width - len(p) :] = 1
     packed = max(sum(map(len, row)) for row in conts)
     ids = torch.full((2, packed + 2), pad)  # +2: every row ends with padding
     seg = torch.full((2, packed + 2), -1)
