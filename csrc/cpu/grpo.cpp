@@ -33,7 +33,7 @@ constexpr double kK3Max = 10.0;          // k3 is clamped to at most this
 constexpr int64_t kTokenBlock = 4096;
 // fp32 logits per token chunk of the fused op when the caller does not choose:
 // 320 MB, i.e. 512 rows at V = 151936 (mirrors rubricrl/ops/_chunked.py): fewer passes over
-// W and d W than 256 rows (1.14x vs 1.19x the GEMM floor) and still less peak memory than Liger.
+// d W than 256 rows (1.07x vs 1.13x the GEMM floor) and still less peak memory than Liger.
 constexpr int64_t kDefaultTokenChunkElems = 80000000;
 
 enum class LossAgg { kTokenMean, kSeqMeanTokenMean, kSeqMeanTokenSum, kSeqMeanTokenSumNorm };

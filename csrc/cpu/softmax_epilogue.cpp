@@ -122,12 +122,12 @@ void logprob_grad_block(T* x, int64_t ld, int64_t n, int64_t vc, int64_t v0,
   });
 }
 
-// ---- whole-row fused epilogue, on explicit vectors -------------------------
+// ---- whole-vocabulary epilogue of vocabulary-major chunks, on explicit vectors ----
 //
-// Explicit GCC/Clang vector types: one pass computes max, sums, loss
-// coefficients and d logits for a whole row with the row's tail handled by
-// masked lanes. 16 lanes: one AVX-512 register, two AVX2 registers, and plain
-// SSE elsewhere. The exp is vec_math::exp_approx, shared with the loops above.
+// Explicit GCC/Clang vector types over 16 tokens of a chunk (one AVX-512
+// register, two AVX2 registers, plain SSE elsewhere): sweeps of contiguous
+// chunk rows compute max, sums, loss coefficients and d logits. The exp is
+// vec_math::exp_approx, shared with the loops above.
 namespace {
 
 constexpr int kLanes = 16;
@@ -142,28 +142,6 @@ inline vfloat vload(const float* p) {
   return v;
 }
 inline void vstore(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
-// The last `count` (< kLanes) elements, the other lanes set to `fill`.
-inline vfloat vload_tail(const float* p, int64_t count, float fill) {
-  float buf[kLanes];
-  for (int k = 0; k < kLanes; ++k) buf[k] = k < count ? p[k] : fill;
-  return vload(buf);
-}
-inline void vstore_tail(float* p, vfloat v, int64_t count) {
-  float buf[kLanes];
-  vstore(buf, v);
-  std::memcpy(p, buf, size_t(count) * sizeof(float));
-}
-inline float hsum(vfloat v) {
-  float s = 0.f;
-  for (int k = 0; k < kLanes; ++k) s += v[k];
-  return s;
-}
-inline float hmax(vfloat v) {
-  float m = v[0];
-  for (int k = 1; k < kLanes; ++k) m = std::max(m, v[k]);
-  return m;
-}
-
 // vec_math::exp_approx lane-wise: the same range reduction and polynomial.
 inline vfloat vexp(vfloat x) { return vec_math::exp_approx<vfloat, vint>(x); }
 
