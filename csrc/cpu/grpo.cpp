@@ -354,8 +354,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_gr
   const int64_t nv = int64_t(valid.size());
   const bool any_grad = need_d_hidden || need_d_weight || need_d_bias;
   at::Tensor d_hidden = need_d_hidden ? at::zeros({n, h}, f32) : at::empty({0}, f32);
-  // d weight is written by the first chunk's GEMM (beta = 0) rather than zero-filled first: one
-  // pass less over [V, H]; zeroed only when no chunk runs.
   // d weight is accumulated by every chunk's GEMM 3; zero-filled first because first-touch
   // page faults inside the GEMM cost several times what a plain fill does.
   at::Tensor d_weight = need_d_weight ? at::zeros({vocab, h}, f32) : at::empty({0}, f32);
