@@ -100,7 +100,7 @@ def test_p_met_matches_a_direct_forward(engine, requests_, shared_probs):
         assert shared_probs.mass[flat].item() == pytest.approx(mass_ref, abs=1e-4)
 
 
-def test_prefix_runs_once_per_group_and_each_response_once(small_engine, requests_):
+def test_prefixes_run_once_together_and_each_response_once(small_engine, requests_):
     engine = small_engine
     calls = []
     original = engine.forward_with_cache
@@ -116,13 +116,12 @@ def test_prefix_runs_once_per_group_and_each_response_once(small_engine, request
         LogprobJudge().verdict_probs(engine, requests_)
     finally:
         del engine.forward_with_cache
-    fresh = [shape for shape, past, _ in calls if past == 0]
-    assert [s[0] for s in fresh] == [1, 1]  # one prefix pass per group (two conversations)
-    # group a: prefix, then its 3 responses in one batch, then its 9 (response, item) suffixes,
-    # each once: packed as 3 segments into each response's row of the response cache
-    second_group = [i for i, (_, past, _) in enumerate(calls) if past == 0][1]
-    group_a = calls[:second_group]
-    assert [(shape[0], segments) for shape, _, segments in group_a] == [(1, None), (3, None), (3, [3, 3, 3])]
+    # one prefix pass for both conversations (2 rows), then the 4 responses of both groups in
+    # one batch, then their 11 (response, item) suffixes, each once: packed into each
+    # response's row of the response cache (responses longest first: 3, 3, 3 items for
+    # group a's "x" * 60, its long sentence, then group b's 2 and group a's "Check it." 3)
+    assert [(shape[0], past, segments) for shape, past, segments in calls][0] == (2, 0, None)
+    assert [(shape[0], segments) for shape, past, segments in calls[1:]] == [(4, None), (4, [3, 3, 2, 3])]
 
 
 def test_verdict_token_ids_of_the_builtin_tokenizer(engine):
@@ -227,3 +226,39 @@ def test_bad_options():
         LogprobJudge(temperature=0)
     with pytest.raises(ValueError, match="max_batch_tokens"):
         LogprobJudge(max_batch_tokens=0)
+
+
+def test_length_batches_is_the_cheapest_contiguous_cut():
+    """Against brute force over every way to cut the sorted rows into contiguous batches."""
+    import itertools
+
+    from rubricrl.judges.logprob import _length_batches
+
+    def cost(widths, batches, overhead):
+        return sum(len(b) * widths[b[0]] + overhead for b in batches)
+
+    rng = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        n = 1 + trial % 7
+        widths = sorted(torch.randint(1, 300, (n,), generator=rng).tolist(), reverse=True)
+        budget, overhead = int(torch.randint(300, 1200, (1,), generator=rng)), int(torch.randint(0, 200, (1,), generator=rng))
+        got = _length_batches(widths, budget, overhead)
+        assert [i for b in got for i in b] == list(range(n))
+        assert all(len(b) == 1 or len(b) * widths[b[0]] <= budget for b in got)
+        best = min(
+            cost(widths, batches, overhead)
+            for cuts in itertools.product([False, True], repeat=n - 1)
+            for batches in [_cut(n, cuts)]
+            if all(len(b) == 1 or len(b) * widths[b[0]] <= budget for b in batches)
+        )
+        assert cost(widths, got, overhead) == best
+
+
+def _cut(n, cuts):
+    batches, current = [], [0]
+    for i, c in enumerate(cuts, start=1):
+        if c:
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + [current]

@@ -31,6 +31,7 @@ from rubricrl.engines.base import Engine, Prompt, Sample
 from rubricrl.engines.cache import cache_batch_size
 from rubricrl.engines.padding import left_pad, position_ids_from_mask
 from rubricrl.engines.prompts import encode_prompts
+from rubricrl.engines.split_attention import SplitAttention, split_attention, supports_split_attention
 from rubricrl.models.loading import load_policy
 from rubricrl.ops import fused_linear_logprobs
 
@@ -77,6 +78,10 @@ class HFEngine(Engine):
         self._tokenizer = tokenizer
         self._max_batch_size = max_batch_size
         self._stop_ids = _stop_token_ids(model, tokenizer)
+        #: ``forward_with_cache`` on a cache with new tokens masked by rows: attend to the
+        #: context and to the new tokens separately and merge (``engines.split_attention``)
+        #: instead of one masked attention over both. None: where supported (CPU, full attention).
+        self.split_attention: bool | None = None
 
     @classmethod
     def from_path(
@@ -327,6 +332,7 @@ class HFEngine(Engine):
         input_ids = input_ids.to(device)
         if attention_mask is None and segment_ids is not None:
             raise ValueError("segment_ids needs an attention_mask [B, past + T]")
+        split: SplitAttention | None = None
         if attention_mask is None:
             position_ids = torch.arange(past, past + length, device=device).expand(batch, length)
         else:
@@ -336,12 +342,29 @@ class HFEngine(Engine):
                     f"(it covers the cached prefix), got {list(attention_mask.shape)}"
                 )
             attention_mask = attention_mask.to(device=device, dtype=torch.long)
+            use_split = past > 0 and (
+                supports_split_attention(self._model, device) if self.split_attention is None else self.split_attention
+            )
             if segment_ids is None:
                 position_ids = position_ids_from_mask(attention_mask)[:, past:]
+                if use_split and _right_padded(attention_mask[:, past:]):
+                    split = SplitAttention(past, _context_bias(attention_mask[:, :past], self._model.dtype))
             else:
-                attention_mask, position_ids = _segment_mask(
-                    attention_mask, segment_ids.to(device), past, self._model.dtype
+                segment_ids = segment_ids.to(device)
+                if use_split:
+                    split, position_ids = _segment_split(attention_mask, segment_ids, past, self._model.dtype)
+                if split is None:
+                    attention_mask, position_ids = _segment_mask(attention_mask, segment_ids, past, self._model.dtype)
+        if split is not None:
+            with split_attention(self._model):
+                out = self._decoder()(
+                    input_ids=input_ids,
+                    attention_mask={"full_attention": split},
+                    position_ids=position_ids,
+                    past_key_values=past_key_values,
+                    use_cache=True,
                 )
+            return out.last_hidden_state, out.past_key_values
         out = self._decoder()(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -396,6 +419,56 @@ def _segment_mask(
     positions = context.sum(dim=1, keepdim=True) + (steps - first)
     additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
     return additive[:, None], positions.masked_fill(~real, 0)
+
+
+def _right_padded(mask: torch.Tensor) -> bool:
+    """Whether every row of a 0/1 mask ``[B, T]`` is ones then zeros."""
+    return bool((mask[:, 1:] <= mask[:, :-1]).all()) if mask.shape[1] > 1 else True
+
+
+def _context_bias(context: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """Additive ``[B, 1, 1, past]`` mask of the cached context, None when all of it is real."""
+    if bool(context.bool().all()):
+        return None
+    bias = torch.zeros(context.shape, dtype=dtype, device=context.device).masked_fill_(~context.bool(), float("-inf"))
+    return bias[:, None, None, :]
+
+
+def _segment_split(
+    attention_mask: torch.Tensor, segment_ids: torch.Tensor, past: int, dtype: torch.dtype
+) -> tuple[SplitAttention | None, torch.Tensor]:
+    """``(SplitAttention, positions [B, T])`` of packed segments, the layout ``_segment_mask``
+    masks: each segment (a run of one id; each run of padding too) is its own causal
+    sequence on the context. ``(None, positions)`` when a segment id is not one run."""
+    batch, length = segment_ids.shape
+    if segment_ids.dtype != torch.long or tuple(attention_mask.shape) != (batch, past + length):
+        raise ValueError(f"segment_ids must be int64 [B, T] = {[batch, length]}, got {_describe(segment_ids)}")
+    real = segment_ids >= 0
+    if not torch.equal(attention_mask[:, past:].bool(), real):
+        raise ValueError("with segment_ids, the last T columns of attention_mask must be segment_ids >= 0")
+    context = attention_mask[:, :past].bool()
+    device = segment_ids.device
+    steps = torch.arange(length, device=device)
+    starts = torch.ones_like(real)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    first = torch.where(starts, steps, torch.zeros_like(steps)).cummax(dim=1).values
+    offset = steps - first
+    positions = (context.sum(dim=1, keepdim=True) + offset).masked_fill(~real, 0)
+    runs = starts.sum(dim=1)
+    distinct = sum(len(torch.unique(row)) for row in segment_ids)
+    if int(runs.sum()) != distinct:
+        return None, positions
+    run_id = (starts.reshape(-1).long().cumsum(0) - 1).view(batch, length)  # global run index
+    n_runs = int(runs.sum())
+    sizes = torch.bincount(run_id.reshape(-1), minlength=n_runs)
+    width = int(sizes.max())
+    flat_pos = torch.arange(batch * length, device=device)
+    # every slot holds its run's first token, then the real slots their own tokens
+    is_start = starts.reshape(-1)
+    gather = flat_pos[is_start][:, None].repeat(1, width)
+    gather[run_id.reshape(-1), offset.reshape(-1)] = flat_pos
+    scatter = run_id.reshape(-1) * width + offset.reshape(-1)
+    return SplitAttention(past, _context_bias(context, dtype), gather, scatter), positions
 
 
 def _stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:

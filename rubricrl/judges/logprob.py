@@ -7,28 +7,32 @@ projection (no ``[tokens, vocab]`` logits).
 
 Prefix sharing (``share_prefix=True``, the default). The G responses of a prompt share
 the instructions + conversation; the items of a response share that plus the response.
-So, per group of requests with the same conversation:
+So, for all the requests of a ``grade`` call together:
 
-1. the prefix is run once (batch 1) with ``engine.forward_with_cache``;
-2. the responses run on top of it, batched: the prefix cache is repeated with
-   ``expand_cache``, responses are right-padded and masked (the tokens every item suffix
-   of a group starts with, e.g. ``<criterion points="``, are appended to the responses
+1. the distinct prefixes run once, in one (right-padded) forward, with
+   ``engine.forward_with_cache``;
+2. all the responses run on top of them, longest first, in batches cut to waste the least
+   padding for a fixed per-batch cost (``_length_batches``); each batch continues its
+   rows' prefixes selected from the prefix cache, right-padded and masked (the tokens every
+   item suffix starts with, e.g. ``<criterion points="``, are appended to the responses
    here, so they too run once per response);
 3. all item suffixes of a response run packed into that response's row, on the responses'
    cache as it is (``segment_ids``: each suffix attends to the context and to itself
-   only); the hidden state at each suffix's last token is the verdict state. Packing makes
-   no per-(response, item) copy of the context cache (copying it per row, then growing
-   it with ``torch.cat`` and repeating GQA heads, cost more than the attention itself);
-   it does compute, and mask out, each suffix's queries against the other suffixes of
-   its row (measured cheaper than the copies, and than cutting a row into several).
+   only); the hidden state at each suffix's last token is the verdict state. Rows are cut
+   into forwards the same way, by packed length. Packing makes no per-(response, item) copy
+   of the context cache (copying it per row, then growing it with ``torch.cat`` and
+   repeating GQA heads, cost more than the attention itself). On the CPU the engine's split
+   attention (``rubricrl.engines.split_attention``) then attends each suffix to the context
+   and to itself only, instead of masking out the other suffixes of its row, and each
+   response to the prefix and causally to itself.
 
 Padding inside the cache (a short response in a batch of longer ones) is masked, and
 positions count real tokens only, so every suffix sees exactly the sequence
 prefix + response + suffix. ``share_prefix=False`` runs each full judge prompt as its
 own (batched) sequence; both give the same p(met) (within 1e-4 in fp32, tested).
 
-Work per group: the prefix once, each response once, each item suffix once per
-response, instead of ``G * K`` full prompts.
+Work: each prefix once, each response once, each item suffix once per response, instead
+of ``G * K`` full prompts; about 3-5 forwards per ``grade`` call.
 """
 
 from __future__ import annotations
@@ -153,6 +157,9 @@ class LogprobJudge:
         if max_batch_tokens is not None:
             check_positive_int(max_batch_tokens, "max_batch_tokens")
         self.max_batch_tokens = max_batch_tokens
+        #: ``share_prefix=True``: the cost of one more response batch (its forwards' fixed
+        #: overhead), in padded tokens, when responses are cut into batches.
+        self.batch_overhead_tokens = 128
         #: ``share_prefix=False`` only: batch rows of different lengths with padding. None:
         #: on GPUs only (on CPUs unpadded batches, which need no attention mask, are faster).
         self.pad_unshared: bool | None = None
@@ -279,66 +286,83 @@ class LogprobJudge:
         return out
 
     def _shared_states(self, engine, encoded: list[_Encoded], offsets: list[int], budget: int) -> torch.Tensor:
-        """Verdict-position hidden states ``[N, H]`` with the prefix and each response run once."""
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for r, enc in enumerate(encoded):
-            if enc.suffixes:
-                groups.setdefault(tuple(enc.prefix), []).append(r)
-        pad = _pad_id(engine)
-        out: torch.Tensor | None = None
-        for prefix, members in groups.items():
-            group = self._group_states(engine, list(prefix), [encoded[r] for r in members], members, pad, budget)
-            for rows, states in group:
-                if out is None:
-                    out = states.new_empty((offsets[-1], states.shape[-1]))
-                flat = torch.tensor([offsets[r] + k for r, k in rows], device=out.device)
-                out[flat] = states
-        assert out is not None
-        return out
+        """Verdict-position hidden states ``[N, H]`` with each prefix and each response run once.
 
-    def _group_states(
-        self, engine, prefix: list[int], encs: list[_Encoded], members: list[int], pad: int, budget: int
-    ):
-        """Yield ``([(request, item), ...], hidden [n, H])`` for one group sharing ``prefix``."""
+        All groups go together: their distinct prefixes in one (right-padded) forward, then
+        every response of the call, longest first, in batches cut to waste the least padding
+        (``_length_batches``), each on the selected rows of the prefix cache; then, per batch,
+        every item suffix of a response packed into that response's row.
+        """
         device = _device(engine)
-        _, prefix_cache = engine.forward_with_cache(torch.tensor([prefix], dtype=torch.long, device=device))
-        plen = len(prefix)
+        pad = _pad_id(engine)
+        members = [r for r, enc in enumerate(encoded) if enc.suffixes]
+        prefix_row: dict[tuple[int, ...], int] = {}
+        for r in members:
+            prefix_row.setdefault(tuple(encoded[r].prefix), len(prefix_row))
+        prefixes = [list(p) for p in prefix_row]
+        group = {r: prefix_row[tuple(encoded[r].prefix)] for r in members}
+        pids, pmask, _ = _right_pad(prefixes, pad)
+        _, prefix_cache = engine.forward_with_cache(
+            pids.to(device), attention_mask=None if bool(pmask.all()) else pmask.to(device)
+        )
+        plen = pids.shape[1]
 
-        # Tokens every item suffix of the group starts with run with the responses (keep >= 1
-        # suffix token per item: the verdict is read at the suffix's last token).
-        suffixes = [s for enc in encs for s in enc.suffixes]
+        # Tokens every item suffix starts with run with the responses (keep >= 1 suffix token
+        # per item: the verdict is read at the suffix's last token).
+        suffixes = [s for r in members for s in encoded[r].suffixes]
         common = _common_prefix_len(suffixes, cap=min(len(s) for s in suffixes) - 1)
         head = suffixes[0][:common]
-        responses = [enc.response + head for enc in encs]
+        responses = {r: encoded[r].response + head for r in members}
 
-        # Responses in batches; then, on each batch's cache, every item suffix of a response
-        # packed into that response's row (``segment_ids``): each suffix attends to the context
-        # and to itself only, so no per-(response, item) copy of the context cache is made.
-        order = sorted(range(len(encs)), key=lambda i: -len(responses[i]))
-        start = 0
-        while start < len(order):
-            width = plen + len(responses[order[start]])
-            batch = order[start : start + max(1, budget // width)]
-            start += len(batch)
-            ids, resp_mask, _ = _right_pad([responses[i] for i in batch], pad)
-            ctx_mask = torch.cat([torch.ones(len(batch), plen, dtype=torch.long), resp_mask], dim=1)
+        out: torch.Tensor | None = None
+        order = sorted(members, key=lambda r: -len(responses[r]))
+        for batch in _length_batches([plen + len(responses[r]) for r in order], budget, self.batch_overhead_tokens):
+            batch = [order[i] for i in batch]
+            ids, resp_mask, _ = _right_pad([responses[r] for r in batch], pad)
+            rows_of = torch.tensor([group[r] for r in batch])
+            ctx_mask = torch.cat([pmask[rows_of], resp_mask], dim=1)
             _, cache = engine.forward_with_cache(
-                ids.to(device), expand_cache(prefix_cache, len(batch)), attention_mask=ctx_mask.to(device)
+                ids.to(device), _select_rows(prefix_cache, rows_of, len(prefixes)), attention_mask=ctx_mask.to(device)
             )
-            packed = [sum(len(s) - common for s in encs[i].suffixes) for i in batch]
-            rows = max(1, budget // (ctx_mask.shape[1] + max(packed)))
-            for lo in range(0, len(batch), rows):
-                sel = list(range(lo, min(lo + rows, len(batch))))
-                sfx, seg, ends = _pack([[s[common:] for s in encs[batch[b]].suffixes] for b in sel], pad)
-                part = cache if len(sel) == len(batch) else _select_rows(cache, torch.tensor(sel), len(batch))
+            packed = [sum(len(s) - common for s in encoded[r].suffixes) for r in batch]
+            by_packed = sorted(range(len(batch)), key=lambda b: -packed[b])
+            widths = [ctx_mask.shape[1] + packed[b] for b in by_packed]
+            for cut in _length_batches(widths, budget, self.batch_overhead_tokens):
+                sel = sorted(by_packed[i] for i in cut)
+                sfx, seg, ends = _pack([[s[common:] for s in encoded[batch[b]].suffixes] for b in sel], pad)
+                part = cache if sel == list(range(len(batch))) else _select_rows(cache, torch.tensor(sel), len(batch))
                 mask = torch.cat([ctx_mask[sel], (seg >= 0).long()], dim=1)
                 hidden, _ = engine.forward_with_cache(
                     sfx.to(device), part, attention_mask=mask.to(device), segment_ids=seg.to(device)
                 )
                 rows_t = torch.tensor([j for j, e in enumerate(ends) for _ in e], device=hidden.device)
                 cols_t = torch.tensor([t for e in ends for t in e], device=hidden.device)
-                pairs = [(members[batch[b]], k) for b in sel for k in range(len(encs[batch[b]].suffixes))]
-                yield pairs, hidden[rows_t, cols_t]
+                states = hidden[rows_t, cols_t]
+                if out is None:
+                    out = states.new_empty((offsets[-1], states.shape[-1]))
+                flat = [offsets[batch[b]] + k for b in sel for k in range(len(encoded[batch[b]].suffixes))]
+                out[torch.tensor(flat, device=out.device)] = states
+        assert out is not None
+        return out
+
+
+def _length_batches(widths: list[int], budget: int, overhead: int) -> list[list[int]]:
+    """Cut rows of non-increasing ``widths`` into contiguous batches (each padded to its first
+    row's width, at most ``budget`` tokens) minimising padded tokens + ``overhead`` per batch."""
+    n = len(widths)
+    best = [float("inf")] * n + [0.0]
+    cut = [n] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        rows_max = max(1, budget // widths[i])
+        for j in range(i + 1, min(n, i + rows_max) + 1):
+            cost = (j - i) * widths[i] + overhead + best[j]
+            if cost < best[i]:
+                best[i], cut[i] = cost, j
+    batches, i = [], 0
+    while i < n:
+        batches.append(list(range(i, cut[i])))
+        i = cut[i]
+    return batches
 
 
 def _pack(groups: list[list[list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
