@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -393,12 +394,19 @@ class HFEngine(Engine):
 
 
 
-def _segment_mask(
-    attention_mask: torch.Tensor, segment_ids: torch.Tensor, past: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 4D additive mask ``[B, 1, T, past + T]`` (0 = attend, -inf = not) and positions
-    ``[B, T]`` of packed segments (see ``Engine.forward_with_cache``). Additive rather than
-    boolean: torch's CPU attention runs faster with it (~20% on the judge's shapes)."""
+@dataclass(frozen=True)
+class _Segments:
+    """Packed segments of one ``forward_with_cache`` call (see ``Engine.forward_with_cache``)."""
+
+    real: torch.Tensor  # [B, T] bool: not padding
+    context: torch.Tensor  # [B, past] bool: real cached tokens
+    starts: torch.Tensor  # [B, T] bool: first token of a run of one segment id
+    offset: torch.Tensor  # [B, T] position of each token inside its run
+    positions: torch.Tensor  # [B, T] position ids: restart after the context's real tokens
+
+
+def _segments(attention_mask: torch.Tensor, segment_ids: torch.Tensor, past: int) -> _Segments:
+    """Validate ``segment_ids`` against ``attention_mask`` and locate the runs of equal ids."""
     batch, length = segment_ids.shape
     if segment_ids.dtype != torch.long or tuple(attention_mask.shape) != (batch, past + length):
         raise ValueError(f"segment_ids must be int64 [B, T] = {[batch, length]}, got {_describe(segment_ids)}")
@@ -407,18 +415,30 @@ def _segment_mask(
         raise ValueError("with segment_ids, the last T columns of attention_mask must be segment_ids >= 0")
     context = attention_mask[:, :past].bool()
     steps = torch.arange(length, device=segment_ids.device)
-    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (steps[None, :, None] >= steps[None, None, :])
-    # A padding query sees only itself: a row with nothing to attend to would give NaN, and
-    # NaN in its keys/values would reach real rows through 0 * NaN.
-    new = (same & real[:, :, None]) | torch.eye(length, dtype=torch.bool, device=segment_ids.device)
-    mask = torch.cat([context[:, None, :].expand(batch, length, past) & real[:, :, None], new], dim=2)
-    # Positions restart after the prefix's real tokens in each segment.
     starts = torch.ones_like(real)
     starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
     first = torch.where(starts, steps, torch.zeros_like(steps)).cummax(dim=1).values
-    positions = context.sum(dim=1, keepdim=True) + (steps - first)
+    offset = steps - first
+    positions = (context.sum(dim=1, keepdim=True) + offset).masked_fill(~real, 0)
+    return _Segments(real, context, starts, offset, positions)
+
+
+def _segment_mask(
+    attention_mask: torch.Tensor, segment_ids: torch.Tensor, past: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 4D additive mask ``[B, 1, T, past + T]`` (0 = attend, -inf = not) and positions
+    ``[B, T]`` of packed segments (see ``Engine.forward_with_cache``). Additive rather than
+    boolean: torch's CPU attention runs faster with it (~20% on the judge's shapes)."""
+    batch, length = segment_ids.shape
+    seg = _segments(attention_mask, segment_ids, past)
+    steps = torch.arange(length, device=segment_ids.device)
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (steps[None, :, None] >= steps[None, None, :])
+    # A padding query sees only itself: a row with nothing to attend to would give NaN, and
+    # NaN in its keys/values would reach real rows through 0 * NaN.
+    new = (same & seg.real[:, :, None]) | torch.eye(length, dtype=torch.bool, device=segment_ids.device)
+    mask = torch.cat([seg.context[:, None, :].expand(batch, length, past) & seg.real[:, :, None], new], dim=2)
     additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
-    return additive[:, None], positions.masked_fill(~real, 0)
+    return additive[:, None], seg.positions
 
 
 def _right_padded(mask: torch.Tensor) -> bool:
@@ -441,19 +461,9 @@ def _segment_split(
     masks: each segment (a run of one id; each run of padding too) is its own causal
     sequence on the context. ``(None, positions)`` when a segment id is not one run."""
     batch, length = segment_ids.shape
-    if segment_ids.dtype != torch.long or tuple(attention_mask.shape) != (batch, past + length):
-        raise ValueError(f"segment_ids must be int64 [B, T] = {[batch, length]}, got {_describe(segment_ids)}")
-    real = segment_ids >= 0
-    if not torch.equal(attention_mask[:, past:].bool(), real):
-        raise ValueError("with segment_ids, the last T columns of attention_mask must be segment_ids >= 0")
-    context = attention_mask[:, :past].bool()
+    seg = _segments(attention_mask, segment_ids, past)
+    starts, offset, positions = seg.starts, seg.offset, seg.positions
     device = segment_ids.device
-    steps = torch.arange(length, device=device)
-    starts = torch.ones_like(real)
-    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
-    first = torch.where(starts, steps, torch.zeros_like(steps)).cummax(dim=1).values
-    offset = steps - first
-    positions = (context.sum(dim=1, keepdim=True) + offset).masked_fill(~real, 0)
     runs = starts.sum(dim=1)
     distinct = sum(len(torch.unique(row)) for row in segment_ids)
     if int(runs.sum()) != distinct:
@@ -468,7 +478,7 @@ def _segment_split(
     gather = flat_pos[is_start][:, None].repeat(1, width)
     gather[run_id.reshape(-1), offset.reshape(-1)] = flat_pos
     scatter = run_id.reshape(-1) * width + offset.reshape(-1)
-    return SplitAttention(past, _context_bias(context, dtype), gather, scatter), positions
+    return SplitAttention(past, _context_bias(seg.context, dtype), gather, scatter), positions
 
 
 def _stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
