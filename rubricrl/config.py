@@ -178,6 +178,9 @@ class TrainerConfig:
     log_every: int = 1  # print a metrics line every k steps (metrics.jsonl gets every step)
     progress: bool = True  # rich progress bar
     plot: bool = True  # metrics.png at the end
+    # stop the run (one-line error, exit 1) after this many consecutive optimizer steps
+    # skipped for a non-finite loss, gradient or weight
+    max_nonfinite_steps: int = 3
 
 
 @dataclass
@@ -493,5 +496,6 @@ def _validate(cfg: TrainConfig) -> None:
     at_least("trainer.seed", tr.seed, 0)
     at_least("trainer.checkpoint_every", tr.checkpoint_every, 0)
     at_least("trainer.log_every", tr.log_every, 1)
+    at_least("trainer.max_nonfinite_steps", tr.max_nonfinite_steps, 1)
     _check(bool(tr.out_dir), "trainer.out_dir", "must be a directory path")
     at_least("pipeline.eta", cfg.pipeline.eta, 0)

@@ -71,6 +71,12 @@ def run_train(args: argparse.Namespace) -> int:
         return _fail(str(err))
     except ValueError as err:  # data and model loading errors name their file / field
         return _fail(str(err))
-    trainer.train()
+    from rubricrl.trainer import NonFiniteUpdateError
+
+    try:
+        trainer.train()
+    except NonFiniteUpdateError as err:  # a run-time failure, not bad input: exit 1
+        print(f"rubricrl train: error: {err}", file=sys.stderr)
+        return 1
     trainer.console.print(f"metrics: {trainer.metrics_log.path}  checkpoint: {trainer.last_checkpoint}")
     return 0

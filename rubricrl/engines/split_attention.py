@@ -143,12 +143,14 @@ def split_attention_forward(
         own_lse = lse_s.transpose(1, 2).reshape(seqs * width, heads)[back].view(batch, length, heads)
         own_out, own_lse = own_out.transpose(1, 2), own_lse.transpose(1, 2)
 
-    # 3. exact merge of the two softmax partitions
+    # 3. exact merge of the two softmax partitions. The kernel returns the log-sum-exps in
+    # fp32 whatever the input dtype; merge in fp32 too (bf16/fp16 partial outputs would lose
+    # the weights' precision) and return the model's dtype, which its output projection expects.
     lse = torch.logaddexp(ctx_lse, own_lse)
     w_ctx = torch.exp(ctx_lse - lse).unsqueeze(-1)
     w_own = torch.exp(own_lse - lse).unsqueeze(-1)
-    out = ctx_out * w_ctx + own_out * w_own
-    return out.transpose(1, 2).contiguous(), None
+    out = ctx_out.float() * w_ctx + own_out.float() * w_own
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(NAME, split_attention_forward)

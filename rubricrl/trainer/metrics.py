@@ -42,6 +42,7 @@ METRIC_KEYS: dict[str, str] = {
     "kl": "KL to the reference policy, aggregated like the loss (null when loss.kl_coef = 0)",
     "grad_norm": "global gradient norm before clipping",
     "lr": "learning rate",
+    "nonfinite_skipped": "optimizer steps skipped for a non-finite loss, gradient or weight",
     "responses": "responses sampled",
     "trained_responses": "responses in the update",
     "trained_tokens": "response tokens in the update",

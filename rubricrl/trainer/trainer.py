@@ -51,7 +51,7 @@ from rubricrl.pipeline import (
 from rubricrl.ops import group_advantages
 from rubricrl.trainer.checkpoint import load_checkpoint_files, rng_state, save_checkpoint_files, set_rng_state
 from rubricrl.trainer.metrics import MetricsLog, plot_metrics, step_time_table, summary_line
-from rubricrl.trainer.update import ActorUpdater, UpdateBatch
+from rubricrl.trainer.update import ActorUpdater, NonFiniteUpdateError, UpdateBatch
 
 __all__ = ["Trainer", "resolve_device"]
 
@@ -255,6 +255,7 @@ class Trainer:
             "tokens_per_s": n_tokens / step_s if step_s > 0 else None,
             **{k: upd.get(k) for k in ("loss", "clipfrac", "clipfrac_lower", "approx_kl", "entropy", "kl", "grad_norm", "lr")},
             "optimizer_steps": upd["optimizer_steps"],
+            "nonfinite_skipped": upd.get("nonfinite_skipped", 0),
             "responses": len(samples),
             "trained_responses": len(update_batch),
             "trained_tokens": update_batch.num_tokens,
@@ -265,7 +266,20 @@ class Trainer:
             record.setdefault(k, v)
         self.history.append(record)
         self.metrics_log.append(record)
+        self._check_nonfinite_streak()
         return record
+
+    def _check_nonfinite_streak(self) -> None:
+        """Stop the run after ``trainer.max_nonfinite_steps`` consecutive skipped optimizer
+        steps (the skipped steps changed no weight, so the last checkpoint is a good one)."""
+        limit = self.config.trainer.max_nonfinite_steps
+        streak = self.updater.nonfinite_streak
+        if streak >= limit:
+            last = f"; last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint is not None else ""
+            raise NonFiniteUpdateError(
+                f"step {self.step_count}: {streak} optimizer steps in a row skipped for non-finite values "
+                f"(last: {self.updater.last_nonfinite}), stopping (trainer.max_nonfinite_steps = {limit}){last}"
+            )
 
     # ---- rewards -> advantages -> update batch ---------------------------------------
 
@@ -338,7 +352,7 @@ class Trainer:
         self.last_checkpoint = save_checkpoint_files(
             directory,
             model_state=self.engine.model.state_dict(),
-            optimizer_state=self.updater.optimizer.state_dict(),
+            optimizer_state=self.updater.state_dict(),
             state=state,
             config=self.config,
         )
@@ -352,7 +366,7 @@ class Trainer:
         ckpt = path if isinstance(path, dict) else load_checkpoint_files(path)
         state = ckpt["state"]
         self.engine.load_weights(ckpt["model"], int(state["policy_version"]))
-        self.updater.optimizer.load_state_dict(ckpt["optimizer"])
+        self.updater.load_state_dict(ckpt["optimizer"])
         self.updater.optimizer_steps = int(state["optimizer_steps"])
         self.reward.load_state_dict(state["reward_source"])
         self.step_count = int(state["step"])

@@ -5,6 +5,25 @@ left-padded to a common width ``P``, responses right-padded to ``R``, so the hid
 at column ``P - 1 + t`` predicts response token ``t`` for every row. The fused op takes
 those ``[m, R, H]`` states and the ``lm_head`` weight and never builds ``[m, R, V]`` logits.
 
+Precision. Parameters that are not fp32 (a bf16 or fp16 model) get fp32 master copies:
+the forward and backward run in the model's dtype, the gradients are copied to the masters
+in fp32, and AdamW (its moments too) works on the masters, whose rounded values are then
+written back into the model. Updates far below one bf16 ulp of a weight add up in the
+masters instead of being rounded away, and AdamW's ``eps`` (1e-8, zero in fp16) and second
+moments (squares of small gradients, which underflow in fp16) stay meaningful. The masters
+are part of ``state_dict()`` (the checkpoint), so a resumed low-precision run continues
+from the same fp32 values. fp16 gets no loss scaling: gradient components below fp16's
+smallest subnormal (~6e-8) flush to zero, and an overflow is a skipped step (below); bf16
+has fp32's range and is the reduced precision to train in.
+
+Non-finite guard. Before an optimizer step is applied, the mini-batch's loss, its gradient
+norm (NaN or Inf in any gradient makes it non-finite) and the weights the step would
+produce (a trial step of the same optimizer on copies, one parameter at a time, including
+the rounding into the model's dtype) must be finite. Otherwise the step is skipped: weights,
+masters and optimizer state stay untouched and the step is counted (``nonfinite_skipped``);
+``nonfinite_streak`` counts consecutive skips across calls, for the trainer's stop rule
+(``trainer.max_nonfinite_steps``).
+
 Gradient accumulation is exact: every micro-batch's loss is normalised by the whole
 mini-batch's ``agg_norm`` (valid tokens for ``token-mean``, non-empty responses for the
 seq-mean modes), so the accumulated gradient equals the full-batch gradient.
@@ -14,6 +33,7 @@ micro-batch is normalised by its own padded length.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -22,7 +42,13 @@ import torch
 from rubricrl.engines import Engine
 from rubricrl.ops import fused_linear_grpo_loss, fused_linear_logprobs
 
-__all__ = ["ActorUpdater", "UpdateBatch"]
+__all__ = ["ActorUpdater", "NonFiniteUpdateError", "UpdateBatch"]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteUpdateError(RuntimeError):
+    """Too many consecutive optimizer steps were skipped for a non-finite loss, gradient or weight."""
 
 # Means over the valid tokens of a micro-batch (weighted by tokens when combined) ...
 _TOKEN_METRICS = ("clipfrac", "clipfrac_lower", "approx_kl")
@@ -95,6 +121,10 @@ class ActorUpdater:
             (the log-probs of the loss are of ``softmax(logits / T)``, like the behaviour ones).
         horizon: ``seq-mean-token-sum-norm`` constant (``rollout.max_new_tokens``).
         ref_engine: frozen reference policy, needed when ``loss.kl_coef > 0``.
+
+    Raises:
+        ValueError: a non-finite ``optim.lr``, ``optim.eps``, ``optim.weight_decay``,
+            ``optim.betas`` or ``optim.grad_clip`` (every step would be skipped).
     """
 
     def __init__(self, engine: Engine, loss, optim, *, temperature: float, horizon: int, ref_engine: Engine | None = None):
@@ -106,11 +136,50 @@ class ActorUpdater:
         self.ref_engine = ref_engine
         if loss.kl_coef > 0 and ref_engine is None:
             raise ValueError("loss.kl_coef > 0 needs a reference engine")
+        for name in ("lr", "eps", "weight_decay", "grad_clip"):
+            value = getattr(optim, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"optim.{name}: must be a finite number, got {value}")
+        if not all(math.isfinite(b) for b in optim.betas):
+            raise ValueError(f"optim.betas: must be finite numbers, got {list(optim.betas)}")
+        #: the model's trainable parameters (the ones the loss differentiates)
         self.params = [p for p in engine.model.parameters() if p.requires_grad]
+        #: fp32 copies of the non-fp32 parameters (None for an fp32 model); the optimizer's params
+        self.master_params: list[torch.Tensor] | None = None
+        if any(p.dtype != torch.float32 for p in self.params):
+            self.master_params = [p.detach().float().clone() for p in self.params]
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay
+            self._optimized(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay
         )
         self.optimizer_steps = 0
+        #: optimizer steps skipped in a row (non-finite loss, gradient or weight), across calls
+        self.nonfinite_streak = 0
+        #: why the last skipped step was skipped, e.g. "loss = nan" (None before any skip)
+        self.last_nonfinite: str | None = None
+
+    def _optimized(self) -> list[torch.Tensor]:
+        """The tensors the optimizer steps: the fp32 masters, or the parameters themselves."""
+        return self.master_params if self.master_params is not None else self.params
+
+    # ---- state (checkpoints) ---------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """``{"optimizer", "master_params" (fp32 list or None), "nonfinite_streak"}``."""
+        masters = None if self.master_params is None else [m.detach().clone() for m in self.master_params]
+        return {"optimizer": self.optimizer.state_dict(), "master_params": masters, "nonfinite_streak": self.nonfinite_streak}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()`` output, or a bare optimizer state dict (older checkpoints),
+        after the model's weights are loaded (masters missing from ``state`` are taken from them)."""
+        if "optimizer" not in state:  # a plain optimizer state dict
+            state = {"optimizer": state, "master_params": None, "nonfinite_streak": 0}
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        if self.master_params is not None:
+            saved = state.get("master_params")
+            with torch.no_grad():
+                for i, (m, p) in enumerate(zip(self.master_params, self.params)):
+                    m.copy_(saved[i] if saved is not None else p)
 
     # ---- loss ------------------------------------------------------------------------
 
@@ -161,31 +230,118 @@ class ActorUpdater:
         scale = min(1.0, (self.optimizer_steps + 1) / warm) if warm > 0 else 1.0
         return self.optim_cfg.lr * scale
 
+    # ---- the guarded optimizer step --------------------------------------------------
+
+    def _sync_masters(self) -> None:
+        """Re-copy a master whose rounding no longer equals its parameter (weights loaded
+        into the engine from outside, e.g. ``engine.load_weights``)."""
+        if self.master_params is None:
+            return
+        with torch.no_grad():
+            for m, p in zip(self.master_params, self.params):
+                if not torch.equal(m.to(p.dtype), p):
+                    m.copy_(p)
+
+    def _grad_norm(self) -> torch.Tensor:
+        """Copy the gradients to the masters (fp32), clip them (``optim.grad_clip``); return
+        the pre-clip global norm, non-finite when any gradient holds NaN or Inf."""
+        if self.master_params is not None:
+            for m, p in zip(self.master_params, self.params):
+                m.grad = None if p.grad is None else p.grad.detach().float()
+        tensors = [t for t in self._optimized() if t.grad is not None]
+        if not tensors:
+            return torch.zeros(())
+        if self.optim_cfg.grad_clip is not None:
+            # a non-finite norm scales the gradients by NaN: harmless, the step is then skipped
+            return torch.nn.utils.clip_grad_norm_(tensors, self.optim_cfg.grad_clip)
+        return torch.nn.utils.get_total_norm([t.grad for t in tensors])
+
+    def _trial_is_finite(self) -> bool:
+        """Whether the optimizer's next step gives finite weights (after rounding to the
+        model's dtype too), found by running it on copies of one tensor (and its state) at a
+        time: the live weights and state are not touched, and it is the optimizer's own step."""
+        opt = self.optimizer
+        model_dtype = {id(t): p.dtype for t, p in zip(self._optimized(), self.params)}
+        for group in opt.param_groups:
+            hyper = {k: v for k, v in group.items() if k != "params"}
+            for t in group["params"]:
+                if t.grad is None:
+                    continue
+                copy = t.detach().clone().requires_grad_(True)
+                copy.grad = t.grad
+                trial = type(opt)([copy], lr=group["lr"])
+                trial.param_groups[0].update(hyper)
+                trial.state[copy] = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state.get(t, {}).items()}
+                trial.step()
+                result = copy.detach().to(model_dtype.get(id(t), copy.dtype))
+                if not bool(torch.isfinite(result).all()):
+                    return False
+        return True
+
+    def _optimizer_step(self, loss: float) -> tuple[bool, float, float]:
+        """Apply one optimizer step on the accumulated gradients unless the loss, the gradients
+        or the resulting weights are non-finite; return ``(applied, pre-clip grad norm, lr)``."""
+        grad_norm = float(self._grad_norm())
+        lr = self._lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        reason = None
+        if not math.isfinite(loss):
+            reason = f"loss = {loss}"
+        elif not math.isfinite(grad_norm):
+            reason = f"gradient norm = {grad_norm}"
+        elif not self._trial_is_finite():
+            reason = "the step would make a weight non-finite"
+        if reason is not None:
+            self.nonfinite_streak += 1
+            self.last_nonfinite = reason
+            log.warning("optimizer step skipped: %s (%d in a row)", reason, self.nonfinite_streak)
+            return False, grad_norm, lr
+        self.optimizer.step()
+        if self.master_params is not None:
+            with torch.no_grad():
+                for m, p in zip(self.master_params, self.params):
+                    p.copy_(m)
+        self.optimizer_steps += 1
+        self.nonfinite_streak = 0
+        return True, grad_norm, lr
+
+    def _zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.params:
+            p.grad = None
+
     # ---- public ----------------------------------------------------------------------
 
     def update(self, batch: UpdateBatch) -> dict[str, float]:
         """``optim.epochs`` passes over ``batch``, each split into ``optim.updates_per_step``
         mini-batches (one optimizer step each) of micro-batches (gradient accumulation).
 
-        Returns mean ``loss`` per optimizer step, token-weighted ``clipfrac``,
-        ``clipfrac_lower``, ``approx_kl``, ``entropy``, mean pre-clip ``grad_norm``, ``lr``
-        and ``optimizer_steps`` (0 and None metrics for an empty batch).
+        Returns mean ``loss`` and mean pre-clip ``grad_norm`` per attempted optimizer step
+        (NaN when one of them was), token-weighted ``clipfrac``, ``clipfrac_lower``,
+        ``approx_kl``, ``entropy``, ``lr``, ``optimizer_steps`` (applied) and
+        ``nonfinite_skipped`` (skipped by the non-finite guard); 0 and None metrics for an
+        empty batch.
         """
         out: dict[str, float] = {k: None for k in (*_TOKEN_METRICS, "entropy", "loss", "grad_norm", "lr")}  # type: ignore[misc]
         out["optimizer_steps"] = 0
+        out["nonfinite_skipped"] = 0
         if len(batch) == 0:
             return out
         o = self.optim_cfg
         device = self.engine.device if hasattr(self.engine, "device") else torch.device("cpu")
         pad = self.engine.tokenizer.pad_token_id
+        self._sync_masters()
         sums = {k: 0.0 for k in _TOKEN_METRICS}
         agg: dict[str, list[float]] = {k: [] for k in _AGG_METRICS}
         tokens = 0.0
         losses, norms = [], []
+        applied = skipped = 0
+        lr = self._lr()
         for _ in range(o.epochs):
             for mini in _split(list(range(len(batch))), o.updates_per_step):
                 norm = self._agg_norm(batch, mini)
-                self.optimizer.zero_grad(set_to_none=True)
+                self._zero_grad()
                 total = 0.0
                 mini_agg: dict[str, float] = {}
                 for start in range(0, len(mini), o.micro_batch_size):
@@ -203,28 +359,21 @@ class ActorUpdater:
                             mini_agg[k] = mini_agg.get(k, 0.0) + float(metrics[k])
                 for k, v in mini_agg.items():
                     agg[k].append(v)
-                if o.grad_clip is not None:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(self.params, o.grad_clip)
-                else:
-                    grad_norm = torch.linalg.vector_norm(
-                        torch.stack([p.grad.norm() for p in self.params if p.grad is not None])
-                    )
-                lr = self._lr()
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                self.optimizer.step()
-                self.optimizer_steps += 1
+                ok, grad_norm, lr = self._optimizer_step(total)
+                applied += ok
+                skipped += not ok
                 losses.append(total)
-                norms.append(float(grad_norm))
-        self.optimizer.zero_grad(set_to_none=True)
+                norms.append(grad_norm)
+        self._zero_grad()
         for k in _TOKEN_METRICS:
             out[k] = sums[k] / tokens if tokens else None
         for k in _AGG_METRICS:
             out[k] = sum(agg[k]) / len(agg[k]) if agg[k] else None
         out["loss"] = sum(losses) / len(losses)
         out["grad_norm"] = sum(norms) / len(norms)
-        out["lr"] = self._lr() if not losses else lr
-        out["optimizer_steps"] = len(losses)
+        out["lr"] = lr
+        out["optimizer_steps"] = applied
+        out["nonfinite_skipped"] = skipped
         return out
 
     @torch.no_grad()
