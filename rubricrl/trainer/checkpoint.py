@@ -3,7 +3,8 @@
 Layout of ``out_dir/checkpoints/step_000012/``::
 
     model.pt        model state_dict
-    optimizer.pt    AdamW state_dict
+    optimizer.pt    ActorUpdater.state_dict(): AdamW state, fp32 master weights (bf16/fp16
+                    models), the non-finite streak
     state.pt        step, policy version, optimizer steps, RNG states (torch, CUDA,
                     python random, numpy), reward-source state (RLPR debias cache,
                     std filter), rollout batches already sampled for later steps (eta > 0)
