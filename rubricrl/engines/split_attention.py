@@ -97,7 +97,8 @@ def split_attention_forward(
     scaling: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Attention output ``[B, T, heads, head_dim]`` (the layout transformers' sdpa returns)."""
+    """Attention output ``[B, T, heads, head_dim]`` (the layout transformers' sdpa returns),
+    in ``query``'s dtype (fp32, bf16 or fp16; merged in fp32)."""
     if not isinstance(attention_mask, SplitAttention):
         raise TypeError("the rubricrl_split attention needs a SplitAttention mask (see HFEngine.forward_with_cache)")
     spec = attention_mask
