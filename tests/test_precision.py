@@ -204,3 +204,18 @@ def test_masters_survive_a_checkpoint(tmp_path):
     assert all(
         torch.equal(opt_a["state"][i][k], opt_b["state"][i][k]) for i in opt_a["state"] for k in opt_a["state"][i]
     )
+
+
+def test_a_bare_optimizer_state_from_an_older_checkpoint_still_loads(tmp_path):
+    """Checkpoints written before the masters hold a plain AdamW state dict: it loads, and
+    the masters are taken from the (already loaded) model weights."""
+    cfg = tiny_config(tmp_path, model={"device": "cpu", "dtype": "bfloat16"}, trainer={"steps": 1}, optim={"lr": 1e-6})
+    trainer = Trainer(cfg, judge=StubJudge())
+    trainer.train()
+    upd = trainer.updater
+    old_style = upd.optimizer.state_dict()
+    upd.nonfinite_streak = 2
+    upd.load_state_dict(old_style)
+    assert upd.nonfinite_streak == 0
+    assert all(torch.equal(m, p.float()) for m, p in zip(upd.master_params, upd.params))
+    assert upd.optimizer.state_dict()["state"].keys() == old_style["state"].keys()
