@@ -168,7 +168,7 @@ def find_checkpoint(path: str | Path) -> Path:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such directory")
+        raise FileNotFoundError(f"{path}: no checkpoint (no such directory)")
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: is a file, not a run or checkpoint directory")
     if any((path / name).is_file() for name in CHECKPOINT_FILES):
