@@ -124,12 +124,12 @@ class MetricsLog:
                 line = line[half:]
             fh.write(line)
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self, *, warn: bool = True) -> list[dict[str, Any]]:
         """The records, non-finite strings back to floats.
 
         An unparsable last line is a write that was cut short (the run was killed while
-        writing it): it is dropped with a warning naming the file. Any other bad line is
-        an error.
+        writing it): it is dropped, with a warning naming the file and line if ``warn``.
+        Any other bad line is an error.
 
         Raises:
             MetricsError: a line before the last is not a JSON object with an integer ``step``.
@@ -144,7 +144,8 @@ class MetricsLog:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 if k == len(numbered) - 1:
-                    log.warning("%s:%d: dropped a torn last line (the run stopped while writing it)", self.path, i)
+                    if warn:
+                        log.warning("%s:%d: dropped a torn last line (the run stopped while writing it)", self.path, i)
                     continue
                 raise MetricsError(f"{self.path}:{i}: not a JSON line ({err.msg})") from None
             if not isinstance(record, dict) or type(record.get("step")) is not int:

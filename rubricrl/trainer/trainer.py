@@ -474,6 +474,7 @@ class Trainer:
                     f"{run_path} has checkpoints after step {step} ({', '.join(c.name for c in newer)}): resuming "
                     f"from {checkpoint.name} would replace them; add --overwrite to delete them, or resume a copy"
                 )
+            MetricsLog(run_path / "metrics.jsonl").read(warn=False)  # a bad line: an error before the model is built
             for c in newer:
                 shutil.rmtree(c)
             if newer:
