@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for usage and config errors)."""
+    """Run the command line; returns the exit status (2 for usage and config errors, 130 after Ctrl-C in train)."""
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     return int(args.func(args) or 0)
