@@ -1,4 +1,4 @@
-"""The ``rubricrl`` command line: ``rubricrl train``, and ``grade`` / ``meta-eval`` where installed."""
+"""The ``rubricrl`` command line: ``rubricrl train``, ``export``, and ``grade`` / ``meta-eval`` where installed."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rubricrl", description="GRPO with self-graded rubric rewards.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    from rubricrl.cli.export import add_export_parser
     from rubricrl.cli.train import add_train_parser
 
     add_train_parser(subparsers)
+    add_export_parser(subparsers)
     # Subcommands from other parts of the package register themselves when present.
     try:
         from rubricrl.cli.grade import add_grade_parser
@@ -33,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for usage and config errors)."""
+    """Run the command line; returns the exit status (2 for usage and config errors, 130 after Ctrl-C in train)."""
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     return int(args.func(args) or 0)

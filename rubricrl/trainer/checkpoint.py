@@ -10,14 +10,20 @@ Layout of ``out_dir/checkpoints/step_000012/``::
                     std filter), rollout batches already sampled for later steps (eta > 0)
     config.yaml     the run's config
 
-A checkpoint is written to a temporary sibling and renamed into place, and
-``checkpoints/latest`` names the newest one, so an interrupted save never leaves a
-half-written checkpoint that ``--resume`` would pick.
+Paths: the saved config's ``trainer.out_dir`` is ``"."`` (the run directory itself), so a
+copied or moved run resumes into wherever it now is (``run_dir_of``).
+
+A checkpoint is written (and fsynced) in a temporary sibling ``step_N.tmp`` and renamed
+into place, so a ``step_N`` directory is always complete; ``find_checkpoint`` picks the
+highest-numbered one, and ``checkpoints/latest`` names it for people and scripts.
+An unreadable file is reported as a :class:`CheckpointError` naming it.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,11 +31,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from rubricrl.config import TrainConfig, config_from_dict, config_to_dict, save_config
+from rubricrl.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
+from rubricrl.trainer.faults import fault_point
 
-__all__ = ["find_checkpoint", "load_checkpoint_files", "rng_state", "save_checkpoint_files", "set_rng_state"]
+__all__ = [
+    "CHECKPOINT_FILES",
+    "CheckpointError",
+    "checkpoint_step",
+    "find_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint_files",
+    "rng_state",
+    "run_dir_of",
+    "save_checkpoint_files",
+    "set_rng_state",
+]
 
 FORMAT_VERSION = 1
+CHECKPOINT_FILES = ("model.pt", "optimizer.pt", "state.pt", "config.yaml")
+_STEP_DIR = re.compile(r"step_(\d+)")
+_STATE_KEYS = ("step", "policy_version", "optimizer_steps", "rng", "reward_source", "pending_batches", "config")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found or read; the message names the directory or file."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -51,6 +76,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# ---- writing ---------------------------------------------------------------------------
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, write) -> None:
+    write(path)
+    _fsync(path)
+
+
 def save_checkpoint_files(
     directory: str | Path,
     *,
@@ -60,57 +101,148 @@ def save_checkpoint_files(
     config: TrainConfig,
 ) -> Path:
     """Write a checkpoint directory atomically; update ``latest`` beside it; return its path."""
+    import yaml
+
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
+    if tmp.exists():  # left by a writer that was killed
         shutil.rmtree(tmp)
     tmp.mkdir()
-    torch.save(model_state, tmp / "model.pt")
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save({"format_version": FORMAT_VERSION, **state, "config": config_to_dict(config)}, tmp / "state.pt")
-    save_config(config, tmp / "config.yaml")
-    if directory.exists():
-        shutil.rmtree(directory)
-    tmp.rename(directory)
-    (directory.parent / "latest").write_text(directory.name + "\n", encoding="utf-8")
+    raw_config = config_to_dict(config)
+    raw_config["trainer"]["out_dir"] = "."  # the run directory, wherever it is when resumed
+    _write_file(tmp / "model.pt", lambda p: torch.save(model_state, p))
+    _write_file(tmp / "optimizer.pt", lambda p: torch.save(optimizer_state, p))
+    fault_point("checkpoint")
+    _write_file(tmp / "state.pt", lambda p: torch.save({"format_version": FORMAT_VERSION, **state, "config": raw_config}, p))
+    _write_file(tmp / "config.yaml", lambda p: p.write_text(yaml.safe_dump(raw_config, sort_keys=False), encoding="utf-8"))
+    _fsync(tmp)
+    if directory.exists():  # rewriting a step: move the old one aside, so a step_N is never partial
+        old = directory.with_name(directory.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(directory)
+    _fsync(directory.parent)
+    fault_point("latest")
+    write_latest(directory)
     return directory
+
+
+def write_latest(directory: Path) -> None:
+    """Point ``checkpoints/latest`` at ``directory`` (replaced atomically)."""
+    latest = directory.parent / "latest"
+    tmp = latest.with_name("latest.tmp")
+    tmp.write_text(directory.name + "\n", encoding="utf-8")
+    os.replace(tmp, latest)
+
+
+# ---- finding ---------------------------------------------------------------------------
+
+
+def checkpoint_step(directory: str | Path) -> int | None:
+    """The step of a ``step_N`` checkpoint directory name, else None."""
+    m = _STEP_DIR.fullmatch(Path(directory).name)
+    return int(m.group(1)) if m else None
+
+
+def list_checkpoints(checkpoints: str | Path) -> list[Path]:
+    """The ``step_N`` directories (written completely: they are renamed into place) of a
+    ``checkpoints`` directory, by step."""
+    root = Path(checkpoints)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=lambda p: checkpoint_step(p))
 
 
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from ``path``: the checkpoint itself, a run's ``out_dir``
-    (its latest checkpoint) or a ``checkpoints`` directory.
+    (its highest-step checkpoint) or a ``checkpoints`` directory.
 
     Raises:
-        FileNotFoundError: no checkpoint there.
+        FileNotFoundError: ``path`` does not exist, or holds no checkpoint (the message
+            says so in one line, and says when it is a run stopped before its first one).
     """
     path = Path(path)
-    if (path / "state.pt").is_file():
-        return path
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint (no such directory)")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: is a file, not a run or checkpoint directory")
+    if any((path / name).is_file() for name in CHECKPOINT_FILES):
+        return path  # a checkpoint directory (a missing file is reported when it is read)
     for root in (path / "checkpoints", path):
-        latest = root / "latest"
-        if latest.is_file():
-            candidate = root / latest.read_text(encoding="utf-8").strip()
-            if (candidate / "state.pt").is_file():
-                return candidate
-        steps = sorted(p for p in root.glob("step_*") if (p / "state.pt").is_file() and not p.name.endswith(".tmp"))
+        steps = list_checkpoints(root)
         if steps:
             return steps[-1]
-    raise FileNotFoundError(f"no checkpoint in {str(path)!r} (expected state.pt, or checkpoints/step_*)")
+    if (path / "metrics.jsonl").is_file():
+        raise FileNotFoundError(
+            f"{path}: the run stopped before its first checkpoint, so there is nothing to resume; "
+            f"start it again with --out {path} --overwrite"
+        )
+    raise FileNotFoundError(f"{path}: no checkpoint (expected state.pt, or checkpoints/step_*)")
+
+
+def run_dir_of(checkpoint: str | Path) -> Path:
+    """The run directory a checkpoint belongs to (``RUN/checkpoints/step_N`` -> ``RUN``).
+
+    Raises:
+        CheckpointError: the checkpoint is not inside a run's ``checkpoints`` directory.
+    """
+    checkpoint = Path(checkpoint)
+    if checkpoint.parent.name != "checkpoints" or checkpoint_step(checkpoint) is None:
+        raise CheckpointError(
+            f"{checkpoint}: not a checkpoint inside a run directory (RUN/checkpoints/step_N), "
+            "so there is no run to continue; copy it into one, or train from it with "
+            "rubricrl export and --model"
+        )
+    return checkpoint.parent.parent
+
+
+# ---- reading ---------------------------------------------------------------------------
+
+
+def _load(directory: Path, name: str, *, weights_only: bool) -> Any:
+    path = directory / name
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (the checkpoint is incomplete)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as err:  # torch/pickle/zip raise many types for a damaged file
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise CheckpointError(f"{path}: unreadable (truncated or corrupt: {reason})") from None
 
 
 def load_checkpoint_files(path: str | Path) -> dict[str, Any]:
-    """``{"path", "model", "optimizer", "state", "config"}`` of the checkpoint at/under ``path``."""
+    """``{"path", "model", "optimizer", "state", "config"}`` of the checkpoint at/under ``path``.
+
+    Raises:
+        FileNotFoundError: no checkpoint at/under ``path``.
+        CheckpointError: a file is missing, unreadable or not what this program writes.
+    """
     directory = find_checkpoint(path)
     # state.pt holds python/numpy RNG states and sampled batches (plain python objects), so it
     # is not a weights-only file; it is a file this program wrote.
-    state = torch.load(directory / "state.pt", map_location="cpu", weights_only=False)
+    state = _load(directory, "state.pt", weights_only=False)
+    state_path = directory / "state.pt"
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{state_path}: not a rubricrl checkpoint state (a {type(state).__name__})")
     if state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{directory}: checkpoint format {state.get('format_version')} is not {FORMAT_VERSION}")
-    return {
-        "path": directory,
-        "model": torch.load(directory / "model.pt", map_location="cpu", weights_only=True),
-        "optimizer": torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=False),
-        "state": state,
-        "config": config_from_dict(state["config"]),
-    }
+        raise CheckpointError(f"{state_path}: checkpoint format {state.get('format_version')} is not {FORMAT_VERSION}")
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{state_path}: missing {missing}")
+    try:
+        config = config_from_dict(state["config"])
+    except ConfigError as err:
+        raise CheckpointError(f"{state_path}: saved config: {err}") from None
+    model = _load(directory, "model.pt", weights_only=True)
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise CheckpointError(f"{directory / 'model.pt'}: not a state_dict of tensors")
+    optimizer = _load(directory, "optimizer.pt", weights_only=True)
+    if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer):
+        raise CheckpointError(f"{directory / 'optimizer.pt'}: not an optimizer state_dict")
+    return {"path": directory, "model": model, "optimizer": optimizer, "state": state, "config": config}

@@ -2,20 +2,28 @@
 
 Every step appends one JSON object to ``out_dir/metrics.jsonl`` (keys in
 :data:`METRIC_KEYS`; a value that does not apply, e.g. ``clipfrac`` of a step with no
-update, is ``null``). At the end the trainer plots ``metrics.png`` and prints a rich table
-of the step-time breakdown.
+update, is ``null``; a non-finite float is the string ``"nan"``, ``"inf"`` or ``"-inf"``,
+so a NaN loss never reads like a missing one, and :meth:`MetricsLog.read` turns them back
+into floats). At the end the trainer plots ``metrics.png`` and prints a rich table of the
+step-time breakdown.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METRIC_KEYS", "MetricsLog", "plot_metrics", "step_time_table", "summary_line"]
+from rubricrl.trainer.faults import armed, fault_point
+
+__all__ = ["METRIC_KEYS", "NONFINITE", "MetricsError", "MetricsLog", "plot_metrics", "step_time_table", "summary_line"]
+
+log = logging.getLogger(__name__)
 
 #: Keys of every metrics record, with their meaning (docs/trainer.md has the same table).
 METRIC_KEYS: dict[str, str] = {
@@ -54,10 +62,36 @@ METRIC_KEYS: dict[str, str] = {
 }
 
 
-def _clean(value: Any) -> Any:
+#: How non-finite floats are written in metrics.jsonl (JSON has no NaN/Infinity).
+NONFINITE: dict[str, float] = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+class MetricsError(ValueError):
+    """metrics.jsonl cannot be read; the message names the file and line."""
+
+
+def _encode(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
     return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, str) and value in NONFINITE:
+        return NONFINITE[value]
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def _line(record: dict[str, Any]) -> str:
+    return json.dumps(_encode(record), allow_nan=False) + "\n"
 
 
 class MetricsLog:
@@ -68,20 +102,57 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def truncate_after(self, step: int) -> None:
-        """Drop records of steps after ``step`` (a resumed run rewrites them)."""
+        """Drop records of steps after ``step`` (a resumed run rewrites them), and a torn
+        last line; the file is replaced atomically, so a kill here loses nothing."""
         if not self.path.exists():
             return
-        keep = [r for r in self.read() if r.get("step", 0) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+        keep = [r for r in self.read() if r["step"] <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write("".join(_line(r) for r in keep))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
 
     def append(self, record: dict[str, Any]) -> None:
+        line = _line(record)
         with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({k: _clean(v) for k, v in record.items()}, allow_nan=False) + "\n")
+            if armed("metrics"):  # test hook: a kill between the halves leaves a torn line
+                half = len(line) // 2
+                fh.write(line[:half])
+                fh.flush()
+                fault_point("metrics")
+                line = line[half:]
+            fh.write(line)
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self, *, warn: bool = True) -> list[dict[str, Any]]:
+        """The records, non-finite strings back to floats.
+
+        An unparsable last line is a write that was cut short (the run was killed while
+        writing it): it is dropped, with a warning naming the file and line if ``warn``.
+        Any other bad line is an error.
+
+        Raises:
+            MetricsError: a line before the last is not a JSON object with an integer ``step``.
+        """
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = self.path.read_text(encoding="utf-8", errors="replace").split("\n")
+        numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+        records = []
+        for k, (i, line) in enumerate(numbered):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                if k == len(numbered) - 1:
+                    if warn:
+                        log.warning("%s:%d: dropped a torn last line (the run stopped while writing it)", self.path, i)
+                    continue
+                raise MetricsError(f"{self.path}:{i}: not a JSON line ({err.msg})") from None
+            if not isinstance(record, dict) or type(record.get("step")) is not int:
+                raise MetricsError(f"{self.path}:{i}: not a metrics record (a JSON object with an integer 'step')")
+            records.append(_decode(record))
+        return records
 
 
 def _fmt(value: Any, spec: str) -> str:

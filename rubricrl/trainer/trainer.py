@@ -27,6 +27,7 @@ import copy
 import logging
 import math
 import random
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -49,8 +50,21 @@ from rubricrl.pipeline import (
     make_reward_source,
 )
 from rubricrl.ops import group_advantages
-from rubricrl.trainer.checkpoint import load_checkpoint_files, rng_state, save_checkpoint_files, set_rng_state
+from rubricrl.trainer import faults
+from rubricrl.trainer.checkpoint import (
+    CheckpointError,
+    checkpoint_step,
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint_files,
+    rng_state,
+    run_dir_of,
+    save_checkpoint_files,
+    set_rng_state,
+    write_latest,
+)
 from rubricrl.trainer.metrics import MetricsLog, plot_metrics, step_time_table, summary_line
+from rubricrl.trainer.rundir import RunDir, RunDirError
 from rubricrl.trainer.update import ActorUpdater, NonFiniteUpdateError, UpdateBatch
 
 __all__ = ["Trainer", "resolve_device"]
@@ -82,6 +96,14 @@ class Trainer:
         reward_source: replaces the reward source of ``config.reward.source``.
         console: a ``rich.console.Console`` for the progress bar and logs (default: stderr).
         snapshot_factory: how the producer thread copies the engine (``pipeline.overlap``).
+        overwrite: start over in a ``trainer.out_dir`` that holds a previous run (its files
+            are deleted first); without it such a directory is refused.
+        run_dir: an already claimed :class:`~rubricrl.trainer.rundir.RunDir` for
+            ``trainer.out_dir`` (``from_checkpoint`` passes the one it resumes).
+
+    The run directory is claimed (locked, checked) before the model is built, and its lock
+    is held until ``close()``: a second trainer on the same directory raises
+    :class:`~rubricrl.trainer.rundir.RunDirError`. Continue a run with :meth:`from_checkpoint`.
 
     Use ``train()`` for the whole run, or ``start()``, ``step()`` ... ``close()`` to drive it.
     """
@@ -95,8 +117,27 @@ class Trainer:
         reward_source: RewardSource | None = None,
         console: Any = None,
         snapshot_factory: Callable[[Engine], Engine] | None = None,
+        overwrite: bool = False,
+        run_dir: RunDir | None = None,
     ) -> None:
         self.config = config.validate()
+        tr = config.trainer
+        if run_dir is None:
+            run_dir = RunDir.claim(tr.out_dir, mode="overwrite" if overwrite else "new")
+        elif Path(tr.out_dir) != run_dir.path:
+            raise ValueError(f"run_dir {run_dir.path} is not trainer.out_dir {tr.out_dir}")
+        self.run_dir = run_dir
+        try:
+            self._build(engine, judge, reward_source)
+        except BaseException:
+            run_dir.release()
+            raise
+        self._snapshot_factory = snapshot_factory
+        self._console = console
+        faults.instrument(self)  # a test hook; does nothing unless RUBRICRL_FAULT_KILL is set
+
+    def _build(self, engine: Engine | None, judge: Judge | None, reward_source: RewardSource | None) -> None:
+        config = self.config
         tr = config.trainer
         seed_everything(tr.seed)
         if engine is None:
@@ -123,15 +164,13 @@ class Trainer:
         self.updater = ActorUpdater(
             engine, config.loss, config.optim, temperature=ro.temperature, horizon=ro.max_new_tokens, ref_engine=ref_engine
         )
-        self.out_dir = Path(tr.out_dir)
+        self.out_dir = self.run_dir.path
         self.metrics_log = MetricsLog(self.out_dir / "metrics.jsonl")
         self.history: list[dict[str, Any]] = []
         self.step_count = 0  # completed steps
         self.last_checkpoint: Path | None = None
         self._pending: list[RolloutBatch] = []
         self._pipeline: RolloutPipeline | None = None
-        self._snapshot_factory = snapshot_factory
-        self._console = console
 
     # ---- the loop --------------------------------------------------------------------
 
@@ -144,9 +183,11 @@ class Trainer:
         return self._console
 
     def start(self, last_step: int | None = None) -> None:
-        """Start the rollout pipeline (called by ``train``; call it before ``step()``)."""
+        """Start the rollout pipeline (called by ``train``; call it before ``step()``);
+        takes the run directory's lock again after a ``close()``."""
         if self._pipeline is not None:
             return
+        self.run_dir.lock()
         p = self.config.pipeline
         thread = p.overlap == "thread" or (p.overlap == "auto" and p.eta > 0)
         self._pipeline = RolloutPipeline(
@@ -161,9 +202,13 @@ class Trainer:
         self._pending = []
 
     def close(self) -> None:
-        if self._pipeline is not None:
-            self._pipeline.close()
-            self._pipeline = None
+        """Stop the rollout pipeline and release the run directory's lock."""
+        try:
+            if self._pipeline is not None:
+                self._pipeline.close()
+                self._pipeline = None
+        finally:
+            self.run_dir.release()
 
     def train(self) -> list[dict[str, Any]]:
         """Run steps ``step_count + 1 .. trainer.steps``; write metrics, checkpoints, the plot
@@ -338,6 +383,7 @@ class Trainer:
 
     def save_checkpoint(self, directory: str | Path | None = None) -> Path:
         """Save everything needed to resume after the last completed step."""
+        self.run_dir.lock()  # held already unless the trainer was closed
         if directory is None:
             directory = self.out_dir / "checkpoints" / f"step_{self.step_count:06d}"
         pending = self._pipeline.pending(self.step_count) if self._pipeline is not None else list(self._pending)
@@ -360,30 +406,96 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path | dict[str, Any]) -> Path:
         """Restore a checkpoint (a checkpoint directory, a run's out_dir, or what
-        ``load_checkpoint_files`` returned) before training."""
+        ``load_checkpoint_files`` returned) before training; metrics.jsonl is cut back to
+        the checkpoint's step.
+
+        Raises:
+            CheckpointError: a file of the checkpoint is unreadable or does not fit this
+                trainer (the message names the file).
+        """
         if self._pipeline is not None:
             raise RuntimeError("load_checkpoint must be called before the pipeline starts")
         ckpt = path if isinstance(path, dict) else load_checkpoint_files(path)
-        state = ckpt["state"]
-        self.engine.load_weights(ckpt["model"], int(state["policy_version"]))
-        self.updater.load_state_dict(ckpt["optimizer"])
-        self.updater.optimizer_steps = int(state["optimizer_steps"])
-        self.reward.load_state_dict(state["reward_source"])
-        self.step_count = int(state["step"])
-        self._pending = [RolloutBatch.from_dict(b) for b in state["pending_batches"]]
-        set_rng_state(state["rng"])
+        state, where = ckpt["state"], Path(ckpt["path"])
+        try:
+            self.engine.load_weights(ckpt["model"], int(state["policy_version"]))
+        except ValueError as err:
+            raise CheckpointError(f"{where / 'model.pt'}: {err}") from None
+        try:
+            self.updater.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+            raise CheckpointError(f"{where / 'optimizer.pt'}: does not fit the model's optimizer ({err})") from None
+        try:
+            self.updater.optimizer_steps = int(state["optimizer_steps"])
+            self.reward.load_state_dict(state["reward_source"])
+            self.step_count = int(state["step"])
+            self._pending = [RolloutBatch.from_dict(b) for b in state["pending_batches"]]
+            set_rng_state(state["rng"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise CheckpointError(f"{where / 'state.pt'}: cannot be restored ({err})") from None
         self.metrics_log.truncate_after(self.step_count)
         self.history = self.metrics_log.read()
-        self.last_checkpoint = ckpt["path"]
-        return ckpt["path"]
+        self.last_checkpoint = where
+        return where
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, overrides: Sequence[str] = (), **kwargs: Any) -> Trainer:
-        """A trainer with the checkpoint's config (plus ``KEY=VALUE`` overrides), restored."""
-        from rubricrl.config import apply_overrides, config_from_dict, config_to_dict
+    def from_checkpoint(
+        cls, path: str | Path, overrides: Sequence[str] = (), *, overwrite: bool = False, **kwargs: Any
+    ) -> Trainer:
+        """A trainer that continues the run of the checkpoint at/under ``path``, restored.
 
-        ckpt = load_checkpoint_files(path)
-        config = config_from_dict(apply_overrides(config_to_dict(ckpt["config"]), overrides)).validate()
-        trainer = cls(config, **kwargs)
-        trainer.load_checkpoint(ckpt)
+        The run continues in the run directory the checkpoint is in (``path`` itself when
+        it is a run directory; ``RUN`` for ``RUN/checkpoints/step_N``), never in the
+        ``trainer.out_dir`` of the saved config, so a copied run resumes into the copy. The
+        config is the checkpoint's plus ``KEY=VALUE`` overrides (not ``trainer.out_dir``).
+
+        Args:
+            overwrite: resuming from a checkpoint older than the run's newest deletes the
+                newer checkpoints (without it, that is refused).
+
+        Raises:
+            FileNotFoundError: no checkpoint at/under ``path``.
+            CheckpointError: a checkpoint file is unreadable (named).
+            RunDirError: the run directory is in use, ``trainer.steps`` is not past the
+                checkpoint's step, ``trainer.out_dir`` is overridden, or newer checkpoints
+                exist and ``overwrite`` is not set.
+            ConfigError: a bad override.
+        """
+        from rubricrl.config import apply_overrides, config_from_dict, config_to_dict, parse_override
+
+        if any(parse_override(o)[0] == "trainer.out_dir" for o in overrides):
+            raise RunDirError(
+                f"{path}: a resumed run continues in its own directory, so trainer.out_dir (--out) cannot change; "
+                "to branch a run, copy its directory and resume the copy"
+            )
+        checkpoint = find_checkpoint(path)
+        run_path = run_dir_of(checkpoint)
+        run_dir = RunDir.claim(run_path, mode="resume")
+        try:
+            ckpt = load_checkpoint_files(checkpoint)
+            step = int(ckpt["state"]["step"])
+            raw = apply_overrides(config_to_dict(ckpt["config"]), overrides)
+            raw["trainer"]["out_dir"] = str(run_path)
+            config = config_from_dict(raw).validate()
+            if config.trainer.steps <= step:
+                raise RunDirError(
+                    f"{checkpoint}: the run is at step {step} and trainer.steps is {config.trainer.steps}: nothing to "
+                    f"train; raise it past {step} (--set trainer.steps=N)"
+                )
+            newer = [c for c in list_checkpoints(run_path / "checkpoints") if checkpoint_step(c) > step]
+            if newer and not overwrite:
+                raise RunDirError(
+                    f"{run_path} has checkpoints after step {step} ({', '.join(c.name for c in newer)}): resuming "
+                    f"from {checkpoint.name} would replace them; add --overwrite to delete them, or resume a copy"
+                )
+            MetricsLog(run_path / "metrics.jsonl").read(warn=False)  # a bad line: an error before the model is built
+            for c in newer:
+                shutil.rmtree(c)
+            if newer:
+                write_latest(checkpoint)
+            trainer = cls(config, run_dir=run_dir, **kwargs)
+            trainer.load_checkpoint(ckpt)
+        except BaseException:
+            run_dir.release()
+            raise
         return trainer
