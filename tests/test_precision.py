@@ -197,7 +197,7 @@ def test_masters_survive_a_checkpoint(tmp_path):
     trainer.train()
     masters = [m.clone() for m in trainer.updater.master_params]
     assert any(not torch.equal(m, p.float()) for m, p in zip(masters, trainer.updater.params))
-    resumed = Trainer.from_checkpoint(trainer.last_checkpoint, judge=StubJudge())
+    resumed = Trainer.from_checkpoint(trainer.last_checkpoint, ["trainer.steps=2"], judge=StubJudge())
     assert all(torch.equal(a, b) for a, b in zip(masters, resumed.updater.master_params))
     opt_a, opt_b = trainer.updater.optimizer.state_dict(), resumed.updater.optimizer.state_dict()
     assert opt_a["state"].keys() == opt_b["state"].keys()

@@ -243,6 +243,9 @@ def load_checkpoint_files(path: str | Path) -> dict[str, Any]:
     if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
         raise CheckpointError(f"{directory / 'model.pt'}: not a state_dict of tensors")
     optimizer = _load(directory, "optimizer.pt", weights_only=True)
-    if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer):
+    # ActorUpdater.state_dict() ({"optimizer": ..., "master_params", ...}) or, in older
+    # checkpoints, the bare optimizer state_dict
+    inner = optimizer.get("optimizer", optimizer) if isinstance(optimizer, dict) else None
+    if not isinstance(inner, dict) or not {"state", "param_groups"} <= set(inner):
         raise CheckpointError(f"{directory / 'optimizer.pt'}: not an optimizer state_dict")
     return {"path": directory, "model": model, "optimizer": optimizer, "state": state, "config": config}
