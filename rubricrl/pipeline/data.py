@@ -135,6 +135,18 @@ def load_verdict_prompts(dataset: str) -> tuple[list[TrainPrompt], int]:
     return prompts, len(rows) - len(prompts)
 
 
+def _pool_counts(pools: list[tuple[list[TrainPrompt], float]], per_step: int) -> list[int]:
+    """Prompts per step from each pool: ``round(share * per_step)``, the last pool the rest."""
+    counts = [round(share * per_step) for _, share in pools[:-1]]
+    counts = [min(c, per_step - sum(counts[:i])) for i, c in enumerate(counts)]
+    counts.append(per_step - sum(counts))
+    return counts
+
+
+def _fits(pools: list[tuple[list[TrainPrompt], float]], per_step: int) -> bool:
+    return all(c <= len(prompts) for (prompts, _), c in zip(pools, _pool_counts(pools, per_step)))
+
+
 class PromptSchedule:
     """Which prompts each step trains on: a pure function of ``(seed, step)``.
 
@@ -155,17 +167,15 @@ class PromptSchedule:
         self.per_step = per_step
         self.seed = seed
         self.shuffle = shuffle
-        counts = [round(share * per_step) for _, share in pools[:-1]]
-        counts = [min(c, per_step - sum(counts[:i])) for i, c in enumerate(counts)]
-        counts.append(per_step - sum(counts))
+        counts = _pool_counts(pools, per_step)
         for j, ((prompts, _), count) in enumerate(zip(pools, counts)):
             # More than a pool holds would repeat prompts within one step (each group a copy).
             if count > len(prompts):
                 which = f"pool {j} of the reward source" if len(pools) > 1 else "the dataset"
+                fits = next(p for p in range(per_step - 1, 0, -1) if _fits(pools, p))
                 raise ValueError(
                     f"data.prompts_per_step={per_step}: a step would take {count} prompts from {which}, which has "
-                    f"only {len(prompts)}, so prompts would repeat within a step; use data.prompts_per_step <= "
-                    f"{per_step - count + len(prompts)}"
+                    f"only {len(prompts)}, so prompts would repeat within a step; use data.prompts_per_step <= {fits}"
                 )
         self.counts = counts
         self._orders: dict[tuple[int, int], list[int]] = {}
