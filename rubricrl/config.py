@@ -488,7 +488,7 @@ def _validate(cfg: TrainConfig) -> None:
     if loss.chunk_size is not None:
         at_least("loss.chunk_size", loss.chunk_size, 1)
     if loss.backend is not None:
-        problem = _backend_problem(loss.backend)
+        problem = _backend_problem(loss.backend, cfg.model.device)
         _check(problem is None, "loss.backend", problem or "")
 
     opt = cfg.optim
@@ -545,16 +545,34 @@ def _check_data_file(path: str, value: str) -> None:
     _check(file.is_file(), path, f"{value!r}: not a file (expected a JSONL file)")
 
 
-def _backend_problem(name: str) -> str | None:
-    """Why ``loss.backend`` cannot be forced (None when it names a known backend that can run).
+def _backend_problem(name: str, device: str) -> str | None:
+    """Why ``loss.backend`` cannot be forced with ``model.device`` (None when nothing is known
+    against it before the first step).
 
-    Whether a backend suits the tensors' device is decided by the op itself; only an
-    unknown name or a C++ extension that does not import is known before the first step.
+    Checked here: the name, and what a backend needs whatever the op: ``cpp`` CPU tensors
+    and an importable C++ extension, ``cuda`` CUDA tensors, ``triton`` the triton package.
+    Whether one op has a kernel for a backend is the op's own (first-step) error.
     """
+    import importlib.util
+
     from rubricrl.ops._backend import BACKENDS, extension_available
 
     if name not in BACKENDS:
         return f"expected one of {', '.join(BACKENDS)} or null, got {name!r}"
+    on_cuda = device.startswith("cuda") or (device == "auto" and _cuda_available())
+    where = f"model.device={device!r} places the model on {'cuda' if on_cuda else 'cpu'}"
+    if name == "cpp" and on_cuda:
+        return f"'cpp' runs on CPU tensors, but {where}"
     if name == "cpp" and not extension_available():
         return "'cpp' but the C++ extension rubricrl._C does not import (build it, or use torch)"
+    if name == "cuda" and not on_cuda:
+        return f"'cuda' runs on CUDA tensors, but {where}"
+    if name == "triton" and importlib.util.find_spec("triton") is None:
+        return "'triton' but the triton package is not installed"
     return None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

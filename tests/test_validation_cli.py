@@ -146,11 +146,20 @@ def test_data_files_are_checked_in_the_config(tmp_path):
     assert load_config(None, [f"data.dataset={ok}"]).data.dataset == str(ok)
 
 
-def test_loss_backend_is_checked_in_the_config():
+def test_loss_backend_is_checked_in_the_config(monkeypatch):
     with pytest.raises(ConfigError, match=r"^loss\.backend: expected one of torch, cpp, triton, cuda or null, got 'foo'"):
         load_config(None, ["loss.backend=foo"])
     assert load_config(None, ["loss.backend=torch"]).loss.backend == "torch"
     assert load_config(None, ["loss.backend=null"]).loss.backend is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("auto", "cpu"):
+        with pytest.raises(ConfigError, match=rf"^loss\.backend: 'cuda' runs on CUDA tensors, but model\.device='{device}' places the model on cpu"):
+            load_config(None, ["loss.backend=cuda", f"model.device={device}"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"^loss\.backend: 'cpp' runs on CPU tensors, but model\.device='auto' places the model on cuda"):
+        load_config(None, ["loss.backend=cpp"])
+    assert load_config(None, ["loss.backend=cuda", "model.device=cuda:0"]).loss.backend == "cuda"
 
 
 @pytest.mark.parametrize(

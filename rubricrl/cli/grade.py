@@ -14,6 +14,10 @@ goes to stdout, a progress bar to stderr. ``--example PATH`` writes an example i
 built from the built-in dataset.
 
 The responses of one row share the conversation, so the logprob judge runs it once.
+
+Checked before grading starts (one stderr line, exit 2): the input's rows, that it has
+any, that ``--out`` can be written (before the model loads), ``--device``, and that every
+row's longest judge prompt fits the model's context.
 """
 
 from __future__ import annotations

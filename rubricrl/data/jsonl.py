@@ -48,7 +48,10 @@ def iter_jsonl_objects(path: PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     its line.
 
     Raises:
-        DataError: a line is not valid UTF-8, not valid JSON, or not a JSON object.
+        DataError: a line is not valid UTF-8, not valid JSON, or not a JSON object (when
+            the first line shows a JSON array or pretty-printed JSON, the message says the
+            file must be JSONL); or a value anywhere in the object is an integer too long
+            to parse or a string or key with a lone surrogate (the field is named).
         FileNotFoundError: the file does not exist (left as is: not a data problem).
     """
     first = True  # the first non-blank line: where a JSON array or pretty-printed file shows itself
