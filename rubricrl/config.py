@@ -472,6 +472,9 @@ def _validate(cfg: TrainConfig) -> None:
             f"expected one of {', '.join(modes)} for the logprob judge, got {cfg.reward.judge_mode!r}",
         )
     finite_positive("reward.grading_temperature", cfg.reward.grading_temperature)
+    for key, value in cfg.reward.judge_options.items():  # untyped, so not checked by _coerce
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"reward.judge_options.{key}", f"must be a finite number, got {value}")
     rl = cfg.reward.rlpr
     _check(0.0 <= rl.format_coef <= 1.0, "reward.rlpr.format_coef", f"must lie in [0, 1], got {rl.format_coef}")
     at_least("reward.rlpr.std_filter_beta", rl.std_filter_beta, 0.0)
@@ -540,7 +543,7 @@ def _check_data_file(path: str, value: str) -> None:
     if value == "builtin":
         return
     _check(bool(value), path, "expected 'builtin' or a JSONL file path, got an empty string")
-    file = Path(value).expanduser()
+    file = Path(value)  # exactly what the loader will open
     _check(file.exists(), path, f"{value!r}: no such file (use 'builtin' or a JSONL file path)")
     _check(file.is_file(), path, f"{value!r}: not a file (expected a JSONL file)")
 

@@ -108,6 +108,12 @@ def test_every_float_key_rejects_non_finite(key, bad):
     assert str(err.value).startswith(f"{key}: must be a finite number")
 
 
+def test_non_finite_judge_option_is_named():
+    with pytest.raises(ConfigError, match=r"^reward\.judge_options\.temperature: must be a finite number, got nan"):
+        load_config(None, ["reward.judge_options={temperature: .nan}"])
+    assert load_config(None, ["reward.judge_options={max_batch_tokens: 4096}"]).reward.judge_options == {"max_batch_tokens": 4096}
+
+
 def test_non_finite_in_yaml_file_and_huge_int(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("loss:\n  kl_coef: .inf\n")
