@@ -6,8 +6,8 @@ import argparse
 import contextlib
 import os
 import sys
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 #: Exit code for bad input (a malformed data file, a bad model path or option).
