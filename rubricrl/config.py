@@ -10,7 +10,11 @@ Validation is strict and every error names the key path, in one line:
 
 * unknown keys: ``trainer.stpes: unknown key (did you mean trainer.steps?)``
 * wrong types: ``optim.lr: expected float, got 'fast'``
-* bad values: ``rollout.n: must be >= 1, got 0``
+* bad values: ``rollout.n: must be >= 1, got 0``; every float key must be finite
+  (``loss.kl_coef: must be a finite number, got inf``)
+* devices: ``model.device: 'cuda' but CUDA is not available here ...``
+* data files that do not exist: ``data.dataset: '/data/x.jsonl': no such file ...``
+* backends: ``loss.backend: expected one of torch, cpp, triton, cuda or null, got 'foo'``
 * bad overrides: ``--set trainer.steps: expected KEY=VALUE``
 
 Override values are parsed as YAML scalars (``true``, ``null``, ``3``, ``0.5``), except
@@ -49,6 +53,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "default_config_path",
+    "device_problem",
     "load_config",
     "parse_override",
     "save_config",
@@ -352,14 +357,24 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(path, f"expected float, got {value!r}")
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = value
+        elif isinstance(value, str):
             try:
-                return float(value)  # PyYAML reads "1e-5" (no dot) as a string
+                number = float(value)  # PyYAML reads "1e-5" (no dot) as a string
             except ValueError:
                 pass
-        raise ConfigError(path, f"expected float, got {value!r}")
+        if number is None:
+            raise ConfigError(path, f"expected float, got {value!r}")
+        try:
+            number = float(number)
+        except OverflowError:  # an int too large for a float
+            number = math.inf
+        # No config value means anything as nan or +-inf; they only turn weights into NaN later.
+        if not math.isfinite(number):
+            raise ConfigError(path, f"must be a finite number, got {str(value):.40}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(path, f"expected str, got {value!r}")
@@ -432,13 +447,10 @@ def _validate(cfg: TrainConfig) -> None:
         _check(math.isfinite(value) and value > 0, path, f"must be a finite number > 0, got {value}")
 
     at_least("model.seed", cfg.model.seed, 0)
-    dev = cfg.model.device
-    _check(
-        dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
-        "model.device",
-        f"expected auto, cpu, cuda or cuda:N, got {dev!r}",
-    )
+    problem = device_problem(cfg.model.device)
+    _check(problem is None, "model.device", problem or "")
     at_least("data.prompts_per_step", cfg.data.prompts_per_step, 1)
+    _check_data_file("data.dataset", cfg.data.dataset)
     at_least("data.min_items", cfg.data.min_items, 0)
     _check(0.0 <= cfg.data.mix_fraction <= 1.0, "data.mix_fraction", f"must lie in [0, 1], got {cfg.data.mix_fraction}")
     at_least("rollout.n", cfg.rollout.n, 1)
@@ -452,6 +464,8 @@ def _validate(cfg: TrainConfig) -> None:
 
     names = reward_source_names()
     _check(cfg.reward.source in names, "reward.source", f"expected one of {', '.join(names)}, got {cfg.reward.source!r}")
+    if cfg.reward.source == "mix":  # the only reward source that reads data.mix_dataset
+        _check_data_file("data.mix_dataset", cfg.data.mix_dataset)
     _check(bool(cfg.reward.judge), "reward.judge", "must be a judge name such as logprob or generate")
     if cfg.reward.judge == "logprob":
         modes = ("expected", "threshold", "sample")
@@ -461,6 +475,9 @@ def _validate(cfg: TrainConfig) -> None:
             f"expected one of {', '.join(modes)} for the logprob judge, got {cfg.reward.judge_mode!r}",
         )
     finite_positive("reward.grading_temperature", cfg.reward.grading_temperature)
+    for key, value in cfg.reward.judge_options.items():  # untyped, so not checked by _coerce
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"reward.judge_options.{key}", f"must be a finite number, got {value}")
     rl = cfg.reward.rlpr
     _check(0.0 <= rl.format_coef <= 1.0, "reward.rlpr.format_coef", f"must lie in [0, 1], got {rl.format_coef}")
     at_least("reward.rlpr.std_filter_beta", rl.std_filter_beta, 0.0)
@@ -476,6 +493,9 @@ def _validate(cfg: TrainConfig) -> None:
     at_least("loss.kl_coef", loss.kl_coef, 0.0)
     if loss.chunk_size is not None:
         at_least("loss.chunk_size", loss.chunk_size, 1)
+    if loss.backend is not None:
+        problem = _backend_problem(loss.backend, cfg.model.device)
+        _check(problem is None, "loss.backend", problem or "")
 
     opt = cfg.optim
     finite_positive("optim.lr", opt.lr)
@@ -499,3 +519,67 @@ def _validate(cfg: TrainConfig) -> None:
     at_least("trainer.max_nonfinite_steps", tr.max_nonfinite_steps, 1)
     _check(bool(tr.out_dir), "trainer.out_dir", "must be a directory path")
     at_least("pipeline.eta", cfg.pipeline.eta, 0)
+
+
+def device_problem(name: str) -> str | None:
+    """Why ``name`` is not a usable torch device here (None when it is).
+
+    Accepted: ``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` and ``cuda:N``;
+    ``cuda`` needs a CUDA device (and ``cuda:N`` at least N + 1 of them).
+    """
+    cuda_index = name[5:] if name.startswith("cuda:") else None
+    if name not in ("auto", "cpu", "cuda") and not (cuda_index is not None and cuda_index.isdigit()):
+        return f"expected auto, cpu, cuda or cuda:N, got {name!r}"
+    if name in ("auto", "cpu"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"{name!r} but CUDA is not available here (torch {torch.__version__}); use cpu or auto"
+    count = torch.cuda.device_count()
+    if cuda_index is not None and int(cuda_index) >= count:
+        return f"{name!r} but there are only {count} CUDA device(s) (cuda:0 .. cuda:{count - 1})"
+    return None
+
+
+def _check_data_file(path: str, value: str) -> None:
+    """A data key is ``builtin`` or names a readable file (checked now, not after a step)."""
+    if value == "builtin":
+        return
+    _check(bool(value), path, "expected 'builtin' or a JSONL file path, got an empty string")
+    file = Path(value)  # exactly what the loader will open
+    _check(file.exists(), path, f"{value!r}: no such file (use 'builtin' or a JSONL file path)")
+    _check(file.is_file(), path, f"{value!r}: not a file (expected a JSONL file)")
+
+
+def _backend_problem(name: str, device: str) -> str | None:
+    """Why ``loss.backend`` cannot be forced with ``model.device`` (None when nothing is known
+    against it before the first step).
+
+    Checked here: the name, and what a backend needs whatever the op: ``cpp`` CPU tensors
+    and an importable C++ extension, ``cuda`` CUDA tensors, ``triton`` the triton package.
+    Whether one op has a kernel for a backend is the op's own (first-step) error.
+    """
+    import importlib.util
+
+    from rubricrl.ops._backend import BACKENDS, extension_available
+
+    if name not in BACKENDS:
+        return f"expected one of {', '.join(BACKENDS)} or null, got {name!r}"
+    on_cuda = device.startswith("cuda") or (device == "auto" and _cuda_available())
+    where = f"model.device={device!r} places the model on {'cuda' if on_cuda else 'cpu'}"
+    if name == "cpp" and on_cuda:
+        return f"'cpp' runs on CPU tensors, but {where}"
+    if name == "cpp" and not extension_available():
+        return "'cpp' but the C++ extension rubricrl._C does not import (build it, or use torch)"
+    if name == "cuda" and not on_cuda:
+        return f"'cuda' runs on CUDA tensors, but {where}"
+    if name == "triton" and importlib.util.find_spec("triton") is None:
+        return "'triton' but the triton package is not installed"
+    return None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 #: Exit code for bad input (a malformed data file, a bad model path or option).
@@ -26,7 +28,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="local save_pretrained checkpoint directory (default: the embedded tiny model, random weights)",
     )
-    group.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    group.add_argument("--device", default=None, help="torch device: auto, cpu, cuda or cuda:N (default: cpu)")
     group.add_argument("--dtype", choices=_DTYPES, default="float32", help="model dtype (default: float32)")
 
 
@@ -87,13 +89,115 @@ def build_judge(args: argparse.Namespace):
         raise CliError(str(err)) from None
 
 
+def check_device_arg(args: argparse.Namespace) -> None:
+    """Reject a ``--device`` that does not name a usable device (before any model loads)."""
+    if args.device is None:
+        return
+    from rubricrl.config import device_problem
+
+    problem = device_problem(args.device)
+    if problem is not None:
+        raise CliError(f"--device: {problem}")
+
+
+def check_out_path(out: str | os.PathLike, input_path: str | os.PathLike | None = None) -> None:
+    """Fail now, not after grading, when ``--out`` cannot be written: it is the input, a
+    directory, in a folder that does not exist, or in a folder or file without write permission."""
+    target = Path(out)
+    if input_path is not None and target.exists() and target.resolve() == Path(input_path).resolve():
+        raise CliError("--out must differ from INPUT (the input would be overwritten)")
+    if target.is_dir():
+        raise CliError(f"--out {out}: is a directory (give a file path)")
+    parent = target.parent
+    if not parent.is_dir():
+        what = "does not exist" if not parent.exists() else "is not a directory"
+        raise CliError(f"--out {out}: folder {str(parent)!r} {what}")
+    # The file is written to a temporary sibling and renamed: the folder must be writable.
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"--out {out}: folder {str(parent)!r} is not writable")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise CliError(f"--out {out}: the file exists and is not writable")
+
+
+def require_rows(rows: list, input_path: str | os.PathLike | None, what: str) -> None:
+    """An input with no rows is an error (exit 2), not an empty result."""
+    if not rows:
+        raise CliError(f"{input_path}: no {what} (the file has no JSON object lines)")
+
+
+def context_length(engine) -> int | None:
+    """The model's context in tokens (``max_position_embeddings``), or None when it has none."""
+    config = getattr(getattr(engine, "model", None), "config", None)
+    n = getattr(config, "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def judge_prompt_tokens(judge, engine, conversation: list[dict], responses: list[str], items: list) -> int:
+    """Tokens of the longest sequence the judge will run for one row: the judge prompt
+    (conversation, response, rubric item) plus, for a generating judge, its new tokens."""
+    tokenizer = engine.tokenizer
+    if hasattr(judge, "prompt_encoder"):  # logprob judge: prefix | response | item suffix
+        enc = judge.prompt_encoder(tokenizer)
+        return (
+            len(enc.prefix_ids(conversation))
+            + max(len(enc.response_ids(r)) for r in responses)
+            + max(len(enc.suffix_ids(item)) for item in items)
+        )
+    from rubricrl.engines.prompts import encode_prompts
+    from rubricrl.rewards.judge_prompts import generate_judge_prompt
+
+    chat = getattr(judge, "chat", None)
+    if chat is None:
+        chat = getattr(tokenizer, "chat_template", None) is not None
+    longest = 0
+    for response in responses:
+        for item in items:
+            text = generate_judge_prompt(conversation, response, item)
+            prompt = [{"role": "user", "content": text}] if chat else text
+            longest = max(longest, len(encode_prompts(tokenizer, [prompt])[0]))
+    return longest + int(getattr(judge, "max_new_tokens", 0))
+
+
+def check_context(judge, engine, rows) -> None:
+    """Refuse rows whose judge prompts do not fit the model's context (before grading any).
+
+    ``rows``: ``(where, conversation, responses, items)``, ``where`` naming the row
+    (``file:line: prompt_id 'p1'``). A model cannot attend past its context, so such a
+    row would be graded on garbage (or crash); nothing is truncated silently.
+    """
+    limit = context_length(engine)
+    if limit is None:
+        return
+    import logging
+
+    # transformers warns on every over-long encoding; the error below says it once, better.
+    hf_log = logging.getLogger("transformers.tokenization_utils_base")
+    level = hf_log.level
+    hf_log.setLevel(logging.ERROR)
+    try:
+        for where, conversation, responses, items in rows:
+            n = judge_prompt_tokens(judge, engine, conversation, responses, items)
+            if n > limit:
+                extra = " including the judge's new tokens" if not hasattr(judge, "prompt_encoder") else ""
+                raise CliError(
+                    f"{where}: the longest judge prompt is {n} tokens{extra}, more than the model's context "
+                    f"of {limit} (max_position_embeddings); shorten the conversation or the response"
+                )
+    finally:
+        hf_log.setLevel(level)
+
+
 def build_engine(args: argparse.Namespace):
     import torch
 
     from rubricrl.engines import HFEngine
 
+    check_device_arg(args)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return HFEngine.from_path(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+        return HFEngine.from_path(args.model, dtype=getattr(torch, args.dtype), device=device)
     except ValueError as err:
         raise CliError(f"--model: {err}") from None
 
@@ -114,6 +218,8 @@ def run_command(body: Callable[[argparse.Namespace], int], args: argparse.Namesp
         _error(f"{err.filename}: no such file")
     except IsADirectoryError as err:
         _error(f"{err.filename}: is a directory")
+    except PermissionError as err:
+        _error(f"{err.filename}: permission denied")
     except CliError as err:
         _error(str(err))
     return EXIT_BAD_INPUT

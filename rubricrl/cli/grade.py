@@ -14,6 +14,10 @@ goes to stdout, a progress bar to stderr. ``--example PATH`` writes an example i
 built from the built-in dataset.
 
 The responses of one row share the conversation, so the logprob judge runs it once.
+
+Checked before grading starts (one stderr line, exit 2): the input's rows, that it has
+any, that ``--out`` can be written (before the model loads), ``--device``, and that every
+row's longest judge prompt fits the model's context.
 """
 
 from __future__ import annotations
@@ -29,12 +33,16 @@ from rubricrl.cli._common import (
     add_judge_args,
     build_engine,
     build_judge,
+    check_context,
+    check_device_arg,
     check_judge_args,
+    check_out_path,
     console,
     fmt,
     judge_options,
     model_label,
     progress_bar,
+    require_rows,
     run_command,
 )
 
@@ -94,6 +102,11 @@ def load_grade_input(path: str | Path) -> list[tuple[Any, list[str], dict]]:
     Raises:
         DataError: ``file:line: problem`` for the first bad row.
     """
+    return [(prompt, responses, obj) for prompt, responses, obj, _ in _load_rows(path)]
+
+
+def _load_rows(path: str | Path) -> list[tuple[Any, list[str], dict, int]]:
+    """:func:`load_grade_input` rows with their line numbers."""
     from rubricrl.data.jsonl import DataError, iter_jsonl_objects
     from rubricrl.data.rubrics import load_rubric_jsonl
 
@@ -125,7 +138,7 @@ def load_grade_input(path: str | Path) -> list[tuple[Any, list[str], dict]]:
                     problem = f"field 'responses[{i}]': expected a string, got {_kind(text)}"
                     raise DataError(path, line, problem, f"responses[{i}]")
             responses = list(value)
-        out.append((prompt, responses, obj))
+        out.append((prompt, responses, obj, line))
     return out
 
 
@@ -144,11 +157,16 @@ def _grade(args: argparse.Namespace) -> int:
     from rubricrl.data.jsonl import write_jsonl
     from rubricrl.judges import GradeRequest
 
-    rows = load_grade_input(args.input)
-    if Path(args.out).resolve() == Path(args.input).resolve():
-        raise CliError("--out must differ from INPUT (the input would be overwritten)")
+    lined = _load_rows(args.input)
+    require_rows(lined, args.input, "rows to grade")
+    check_out_path(args.out, args.input)  # before the model loads, not after all the grading
+    check_device_arg(args)
     judge = build_judge(args)
     engine = build_engine(args)
+    check_context(
+        judge, engine, ((f"{args.input}:{line}: prompt_id {p.prompt_id!r}", p.prompt, r, p.rubrics) for p, r, _, line in lined)
+    )
+    rows = [(prompt, responses, raw) for prompt, responses, raw, _ in lined]
     settings = {"name": args.judge, **judge_options(args), "model": model_label(args)}
 
     out_rows: list[dict] = []

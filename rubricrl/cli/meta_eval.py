@@ -16,12 +16,15 @@ from rubricrl.cli._common import (
     add_judge_args,
     build_engine,
     build_judge,
+    check_context,
+    check_device_arg,
     check_judge_args,
     console,
     fmt,
     judge_options,
     model_label,
     progress_bar,
+    require_rows,
     run_command,
 )
 
@@ -69,18 +72,22 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 def _meta_eval(args: argparse.Namespace) -> int:
     from rubricrl.data.builtin import builtin_meta_eval
-    from rubricrl.data.rubrics import load_meta_eval_jsonl
+    from rubricrl.data.rubrics import RubricItem, load_meta_eval_jsonl
     from rubricrl.judges import run_meta_eval
 
     rows = load_meta_eval_jsonl(args.input) if args.input else builtin_meta_eval()
     if args.limit is not None:
         rows = rows[: args.limit]
-    if not rows:
-        from rubricrl.cli._common import CliError
-
-        raise CliError(f"{args.input}: no meta-evaluation rows")
+    require_rows(rows, args.input, "meta-evaluation rows")
+    check_device_arg(args)
     judge = build_judge(args)
     engine = build_engine(args)
+    source = args.input or "built-in meta-eval set"
+    check_context(
+        judge,
+        engine,
+        ((f"{source}: row {i + 1}", r.prompt, [r.completion], [RubricItem(r.rubric, 1.0)]) for i, r in enumerate(rows)),
+    )
     start = time.perf_counter()
     with progress_bar(len(rows), "meta-eval", enabled=args.progress and not args.json) as advance:
         result = run_meta_eval(judge, engine, rows, batch_size=args.batch_size, progress=advance)

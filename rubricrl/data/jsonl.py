@@ -48,9 +48,13 @@ def iter_jsonl_objects(path: PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     its line.
 
     Raises:
-        DataError: a line is not valid UTF-8, not valid JSON, or not a JSON object.
+        DataError: a line is not valid UTF-8, not valid JSON, or not a JSON object (when
+            the first line shows a JSON array or pretty-printed JSON, the message says the
+            file must be JSONL); or a value anywhere in the object is an integer too long
+            to parse or a string or key with a lone surrogate (the field is named).
         FileNotFoundError: the file does not exist (left as is: not a data problem).
     """
+    first = True  # the first non-blank line: where a JSON array or pretty-printed file shows itself
     with open(path, "rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
             if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -62,14 +66,78 @@ def iter_jsonl_objects(path: PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
             if not text.strip():
                 continue  # blank lines are allowed (and documented) separators
             try:
-                obj = json.loads(text)
+                obj = json.loads(text, parse_int=_parse_int)
             except json.JSONDecodeError as exc:
-                raise DataError(path, line_no, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+                hint = _not_jsonl_hint(text) if first else None
+                problem = f"invalid JSON: {hint}" if hint else f"invalid JSON: {exc.msg} (column {exc.colno})"
+                raise DataError(path, line_no, problem) from None
             except RecursionError:
                 raise DataError(path, line_no, "invalid JSON: nested too deeply") from None
             if not isinstance(obj, dict):
-                raise DataError(path, line_no, f"expected a JSON object, got {_json_type(obj)}")
+                hint = _not_jsonl_hint(text) if first and isinstance(obj, list) else None
+                problem = f"expected a JSON object, got {_json_type(obj)}"
+                raise DataError(path, line_no, f"{problem}: {hint}" if hint else problem)
+            first = False
+            _check_values(path, line_no, obj)
             yield line_no, obj
+
+
+class _HugeInt(str):
+    """The digits of a JSON integer too long for ``int()`` (over ``sys.get_int_max_str_digits()``).
+
+    Kept as a marker so that the error can name the field instead of the parser's traceback.
+    """
+
+
+def _parse_int(digits: str) -> int | _HugeInt:
+    try:
+        return int(digits)
+    except ValueError:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        return _HugeInt(digits)
+
+
+def _not_jsonl_hint(text: str) -> str | None:
+    """The problem, when a bad line looks like part of a JSON array or of pretty-printed JSON
+    (a ``.json`` file given where JSONL is read); None otherwise."""
+    head = text.strip()
+    if head.startswith("["):
+        return "this looks like a JSON array, but the file must be JSONL: one JSON object per line"
+    if head == "{":  # an object spread over lines: its first line is a lone brace
+        return "this looks like pretty-printed JSON, but the file must be JSONL: one JSON object per line"
+    return None
+
+
+def _check_values(path: PathLike, line: int, obj: dict[str, Any]) -> None:
+    """Reject values no loader can use, naming the field: integers too long to parse, and
+    strings (or keys) with a lone UTF-16 surrogate (``"\\ud800"``), which is not Unicode
+    text and breaks every tokenizer later."""
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:  # iterative: JSON nesting may be deeper than the recursion limit
+        name, value = stack.pop()
+        if isinstance(value, _HugeInt):
+            raise DataError(path, line, f"field {name!r}: integer with {len(value.lstrip('-'))} digits is out of range", name)
+        if isinstance(value, str):
+            bad = _surrogate_at(value)
+            if bad is not None:
+                problem = f"lone surrogate \\u{ord(value[bad]):04x} at character {bad} (not valid Unicode text)"
+                raise DataError(path, line, f"field {name!r}: {problem}", name)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                child = f"{name}.{key}" if name else key
+                if _surrogate_at(key) is not None:
+                    raise DataError(path, line, f"key {child!r}: lone surrogate (not valid Unicode text)", name or None)
+                stack.append((child, item))
+        elif isinstance(value, list):
+            stack.extend((f"{name}[{i}]", item) for i, item in enumerate(value))
+
+
+def _surrogate_at(text: str) -> int | None:
+    """Index of the first lone surrogate code point in ``text``, or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def write_jsonl(path: PathLike, records: Iterable[Any]) -> int:
@@ -78,13 +146,23 @@ def write_jsonl(path: PathLike, records: Iterable[Any]) -> int:
     A record is a mapping, or an object with a ``to_dict()`` method (such as
     :class:`~rubricrl.data.rubrics.RubricPrompt`). Text is UTF-8 with non-ASCII
     characters kept as they are. The file is written to a temporary sibling and
-    renamed into place, so a crash never leaves a half-written dataset behind.
+    renamed into place, so a crash never leaves a half-written dataset behind. It gets
+    the mode a plain ``open(path, "w")`` would give (``0o666`` less the umask).
+
+    Raises:
+        OSError: the file cannot be written; the error names ``path`` (never the
+            temporary file).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as err:
+        raise type(err)(err.errno, err.strerror, os.fspath(path)) from None
     count = 0
     try:
+        # mkstemp creates the file 0600, whatever the umask says.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             for record in records:
                 obj = record.to_dict() if hasattr(record, "to_dict") else record
@@ -95,13 +173,29 @@ def write_jsonl(path: PathLike, records: Iterable[Any]) -> int:
                 fh.write("\n")
                 count += 1
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp_name)
         except OSError:
             pass
+        if isinstance(err, OSError) and err.errno is not None:
+            raise type(err)(err.errno, err.strerror, os.fspath(path)) from None
         raise
     return count
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def _json_type(value: Any) -> str:

@@ -242,7 +242,11 @@ class _Row:
         # bool is an int subclass in Python; `true` as points is a data bug, not 1 point.
         if isinstance(points, bool) or not isinstance(points, (int, float)):
             self.fail(f"{name}.points", f"expected a number, got {_kind(points)}")
-        if not math.isfinite(points):
+        try:
+            finite = math.isfinite(points)
+        except OverflowError:  # an integer beyond the float range (JSON has no size limit)
+            self.fail(f"{name}.points", f"integer with {len(str(abs(points)))} digits is out of range")
+        if not finite:
             self.fail(f"{name}.points", f"expected a finite number, got {points}")
         tags = self.str_list(raw.get("tags", []), f"{name}.tags")
         return RubricItem(criterion, float(points), tags)

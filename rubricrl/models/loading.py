@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -37,7 +38,9 @@ def load_policy(
 
     Raises:
         ValueError: ``model_path`` does not exist, is not a directory, or is not a
-            checkpoint (no ``config.json``), has no tokenizer, or ``dtype`` is not a floating dtype.
+            checkpoint (no ``config.json``), has no tokenizer, its weights cannot be read
+            (a corrupt or truncated ``model.safetensors`` / ``pytorch_model.bin``: the message
+            names the file), or ``dtype`` is not a floating dtype.
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
@@ -65,7 +68,10 @@ def load_policy(
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as err:
         raise ValueError(f"model_path {str(model_path)!r} has no loadable tokenizer: {err}") from err
-    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+    except Exception as err:  # safetensors, pickle, zip and json errors share no base class
+        raise ValueError(_weights_error(path, model_path, err)) from err
     model.eval()
     vocab = model.get_output_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
@@ -79,3 +85,30 @@ def load_policy(
             raise ValueError(f"tokenizer at model_path {str(model_path)!r} has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _weights_error(path: Path, model_path: str | Path, err: Exception) -> str:
+    """One line naming the weight file that would not load (found by a cheap probe of each)."""
+    first = " ".join((str(err).strip().splitlines() or [""])[0].split())[:160]
+    reason = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("pytorch_model*.bin"))
+    bad = next((f for f in files if not _weights_file_readable(f)), None)
+    if bad is not None:
+        return f"model_path {str(model_path)!r}: cannot read {bad} (corrupt or truncated? {reason})"
+    if not files:
+        return f"model_path {str(model_path)!r}: no loadable weights (no *.safetensors or pytorch_model*.bin; {reason})"
+    return f"model_path {str(model_path)!r}: cannot load the model ({reason})"
+
+
+def _weights_file_readable(file: Path) -> bool:
+    """Whether a weight file's container is intact: a safetensors header, or a torch zip archive."""
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception:  # SafetensorError is not importable under a stable name
+            return False
+        return True
+    return zipfile.is_zipfile(file)  # torch.save writes a zip archive since torch 1.6

@@ -11,10 +11,15 @@ def compiling() -> bool:
 
 
 def require_floating(name: str, t: torch.Tensor) -> None:
+    """``t`` is a floating tensor. For ``weight`` (every op's output projection ``[V, H]``)
+    also: V >= 1 and H >= 1, since nothing can be projected from or onto an empty axis."""
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
         raise ValueError(f"{name} must be a floating tensor (fp32, bf16 or fp16), got {t.dtype}")
+    if name == "weight" and t.dim() == 2 and 0 in t.shape:
+        axis = "H (hidden size)" if t.shape[1] == 0 else "V (vocabulary size)"
+        raise ValueError(f"weight [V, H] must have V >= 1 and H >= 1, got shape {tuple(t.shape)}: {axis} is 0")
 
 
 def require_integer(name: str, t: torch.Tensor) -> None:

@@ -62,7 +62,10 @@ class TrainPrompt:
 
 
 def _rubric_file(dataset: str) -> list[RubricPrompt]:
-    return builtin_rubric_prompts() if dataset == "builtin" else load_rubric_jsonl(dataset)
+    rows = builtin_rubric_prompts() if dataset == "builtin" else load_rubric_jsonl(dataset)
+    if not rows:
+        raise ValueError(f"data.dataset {dataset!r}: no prompts (the file has no JSON object lines)")
+    return rows
 
 
 def load_rubric_prompts(dataset: str, *, min_items: int = 0) -> list[TrainPrompt]:
@@ -132,12 +135,26 @@ def load_verdict_prompts(dataset: str) -> tuple[list[TrainPrompt], int]:
     return prompts, len(rows) - len(prompts)
 
 
+def _pool_counts(pools: list[tuple[list[TrainPrompt], float]], per_step: int) -> list[int]:
+    """Prompts per step from each pool: ``round(share * per_step)``, the last pool the rest."""
+    counts = [round(share * per_step) for _, share in pools[:-1]]
+    counts = [min(c, per_step - sum(counts[:i])) for i, c in enumerate(counts)]
+    counts.append(per_step - sum(counts))
+    return counts
+
+
+def _fits(pools: list[tuple[list[TrainPrompt], float]], per_step: int) -> bool:
+    return all(c <= len(prompts) for (prompts, _), c in zip(pools, _pool_counts(pools, per_step)))
+
+
 class PromptSchedule:
     """Which prompts each step trains on: a pure function of ``(seed, step)``.
 
     Args:
         pools: ``[(prompts, share)]``; each step takes ``round(share * per_step)`` prompts from
-            a pool (the last pool takes what is left), cycling through it in epochs.
+            a pool (the last pool takes what is left), cycling through it in epochs. A step may
+            not take more prompts from a pool than it holds (ValueError naming
+            ``data.prompts_per_step``): that would repeat prompts within the step.
         per_step: prompts per step.
         seed: epoch ``e`` of pool ``j`` is shuffled with ``random.Random(f"{seed}/{j}/{e}")``.
         shuffle: False walks the pools in file order.
@@ -150,9 +167,16 @@ class PromptSchedule:
         self.per_step = per_step
         self.seed = seed
         self.shuffle = shuffle
-        counts = [round(share * per_step) for _, share in pools[:-1]]
-        counts = [min(c, per_step - sum(counts[:i])) for i, c in enumerate(counts)]
-        counts.append(per_step - sum(counts))
+        counts = _pool_counts(pools, per_step)
+        for j, ((prompts, _), count) in enumerate(zip(pools, counts)):
+            # More than a pool holds would repeat prompts within one step (each group a copy).
+            if count > len(prompts):
+                which = f"pool {j} of the reward source" if len(pools) > 1 else "the dataset"
+                fits = next(p for p in range(per_step - 1, 0, -1) if _fits(pools, p))
+                raise ValueError(
+                    f"data.prompts_per_step={per_step}: a step would take {count} prompts from {which}, which has "
+                    f"only {len(prompts)}, so prompts would repeat within a step; use data.prompts_per_step <= {fits}"
+                )
         self.counts = counts
         self._orders: dict[tuple[int, int], list[int]] = {}
 

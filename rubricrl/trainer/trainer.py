@@ -140,6 +140,11 @@ class Trainer:
         config = self.config
         tr = config.trainer
         seed_everything(tr.seed)
+        # the data first: a bad row or an impossible schedule is reported before the model loads
+        self.reward = reward_source if reward_source is not None else make_reward_source(config.reward.source, config, judge=judge)
+        self.schedule = PromptSchedule(
+            self.reward.pools(), config.data.prompts_per_step, seed=tr.seed, shuffle=config.data.shuffle
+        )
         if engine is None:
             engine = HFEngine.from_path(
                 config.model.path,
@@ -149,10 +154,6 @@ class Trainer:
                 max_batch_size=config.rollout.max_batch_size,
             )
         self.engine = engine
-        self.reward = reward_source if reward_source is not None else make_reward_source(config.reward.source, config, judge=judge)
-        self.schedule = PromptSchedule(
-            self.reward.pools(), config.data.prompts_per_step, seed=tr.seed, shuffle=config.data.shuffle
-        )
         ro = config.rollout
         self.rollout = Rollout(
             self.schedule, n=ro.n, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature, top_p=ro.top_p, seed=tr.seed
