@@ -7,7 +7,7 @@ DEPS   := $(VENV)/.deps-installed
 # Tests and benchmarks: 2 threads, like CI's machine.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: all build demo test test-python test-cpp test-cuda-compile bench clean
+.PHONY: all build demo test test-python test-cpp test-cuda-compile test-wheel bench bench-micro gpu-check clean
 
 all: build
 
@@ -29,7 +29,7 @@ build: $(DEPS)
 demo: build
 	$(VENV)/bin/rubricrl train --config rubricrl/configs/demo.yaml
 
-test: test-python test-cpp test-cuda-compile
+test: test-python test-cpp test-cuda-compile test-wheel
 
 test-python: build
 	$(VPY) -m pytest -q tests
@@ -48,6 +48,37 @@ test-cuda-compile:
 	      -c "$$f" -o /dev/null || exit 1; done; \
 	else echo "nvcc not found: CUDA compile check skipped"; fi
 
+# The wheel path end to end, as a user of another torch project meets it:
+# 1. a wheel built against the venv's torch without isolation (ninja reuses the
+#    objects of `make build`: seconds);
+# 2. a fresh venv from $(PYTHON) with the pip it brings (23.2 on Python 3.11),
+#    the pinned torch, then the wheel with its dependencies: the torch range in
+#    install_requires must keep that torch, and .ci/wheel_smoke.py imports
+#    rubricrl and rubricrl._C from outside the tree, runs an op against float64
+#    PyTorch and checks the package data;
+# 3. that pip installing the source tree (`pip install --no-build-isolation .`,
+#    pyproject.toml + setup.py), pure Python here to skip a second compile.
+WHEEL_DIR := build/wheel-check
+TORCH_PIN := $(shell sed -n 's/^torch==//p' requirements.txt)
+test-wheel: build
+	rm -rf $(WHEEL_DIR)
+	$(VPY) -m pip wheel -q --no-build-isolation --no-deps -w $(WHEEL_DIR)/dist .
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/python -m pip --version
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q torch==$(TORCH_PIN)
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q $(WHEEL_DIR)/dist/rubricrl-*.whl
+	cd $(WHEEL_DIR) && env -u PYTHONPATH venv/bin/python -P $(CURDIR)/.ci/wheel_smoke.py $(TORCH_PIN)
+	cd $(WHEEL_DIR) && env -u PYTHONPATH venv/bin/rubricrl --help > /dev/null
+	$(WHEEL_DIR)/venv/bin/python -m pip uninstall -q -y rubricrl
+	mkdir -p $(WHEEL_DIR)/src  # a copy without build/, whose objects would land in the install
+	tar -c --exclude=./.git --exclude=./build --exclude=./.venv --exclude='*.so' --exclude='*.egg-info' . \
+	  | tar -x -C $(WHEEL_DIR)/src
+	cd $(WHEEL_DIR)/src && RUBRICRL_NO_EXT=1 ../venv/bin/python -m pip install -q --no-build-isolation --no-deps .
+	cd $(WHEEL_DIR) && env -u PYTHONPATH venv/bin/python -P -c "import rubricrl, rubricrl.ops as o; \
+	  assert 'site-packages' in rubricrl.__file__ and not o.extension_available(); \
+	  print('pip install --no-build-isolation . (pure Python): ok')"
+	rm -rf $(WHEEL_DIR)
+
 # Each script runs its variants in fresh processes and writes bench/results/<name>.{json,md}.
 bench: build
 	$(VPY) -m bench.bench_logprobs
@@ -55,6 +86,15 @@ bench: build
 	$(VPY) bench/bench_span.py
 	$(VPY) -m bench.bench_grading
 	$(VPY) -m bench.bench_step
+
+# pytest-benchmark micro-benchmarks of the ops (time only; bench_*.py measure memory).
+bench-micro: build
+	$(VPY) -m pytest bench/ --benchmark-only -q
+
+# On a CUDA machine: every op on every CUDA backend against float64 PyTorch, then
+# timings against Liger, TRL and the GEMM floor -> bench/results/gpu.{json,md} (< 8 min).
+gpu-check: build
+	$(VPY) bench/gpu_check.py
 
 clean:
 	rm -rf build rubricrl/_C*.so *.egg-info

@@ -1,13 +1,18 @@
 """Builds rubricrl and its extension rubricrl._C.
 
 Install without build isolation so the build uses the torch already installed
-(isolation would fetch another, possibly multi-GB CUDA, torch):
+(isolation would fetch another, possibly multi-GB CUDA, torch); pyproject.toml
+lists what the build needs (setuptools, wheel, torch, ninja):
 
-    pip install --no-build-isolation -e .
+    pip install --no-build-isolation .        # or -e . for a development tree
 
 Environment switches:
+    RUBRICRL_NATIVE=1      compile the C++ for the build machine's CPU (-march=native);
+                           default: portable x86-64/aarch64 code that runs on any CPU of
+                           the architecture, so a wheel built on a login node runs on
+                           the compute nodes
+    RUBRICRL_PORTABLE=1    accepted for old scripts: portable is the default now
     RUBRICRL_NO_CUDA=1     skip the CUDA sources even when torch has CUDA and nvcc exists
-    RUBRICRL_PORTABLE=1    no -march=native (for binaries that move between CPUs)
     RUBRICRL_NO_EXT=1      pure-Python install (ops fall back to the PyTorch reference)
 """
 import glob
@@ -28,7 +33,9 @@ def _extensions():
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     cxx = ["-O3", "-fopenmp", "-std=c++17"]
-    if not _flag("RUBRICRL_PORTABLE"):
+    if _flag("RUBRICRL_NATIVE"):
+        if _flag("RUBRICRL_PORTABLE"):
+            raise SystemExit("setup.py: RUBRICRL_NATIVE=1 and RUBRICRL_PORTABLE=1 contradict; set one")
         cxx.append("-march=native")
     sources = sorted(glob.glob("csrc/cpu/*.cpp")) + ["csrc/module.cpp"]
     with_cuda = (
@@ -81,7 +88,10 @@ setup(
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=[
-        "torch==2.13.0",
+        # A range, not a pin: rubricrl builds against the torch already installed
+        # and must not replace it. Lower bound: the oldest torch tested (CI tests
+        # the pinned requirements.txt); upper: the next major.
+        "torch>=2.13,<3",
         "numpy",
         "transformers>=4.56",
         "pyyaml",

@@ -109,7 +109,7 @@ class RolloutConfig:
 class RLPRConfig:
     """RLPR probability reward (reward.source = rlpr)."""
 
-    format_coef: float = 0.1  # fc of SPEC §4
+    format_coef: float = 0.1  # fc of docs/algorithms.md §4
     debias: Literal["cached", "per_step", "off"] = "cached"
     std_filter: bool = False
     std_filter_beta: float = 0.5
@@ -123,7 +123,7 @@ class RewardConfig:
     source: str = "rubric"  # rubric | rlpr | mix (or any registered reward source)
     judge: str = "logprob"  # logprob | generate
     judge_mode: str = "expected"  # logprob judge: expected | threshold | sample
-    grading_temperature: float = 1.0  # verdict temperature (1.0 = the rollout temperature, SPEC §3)
+    grading_temperature: float = 1.0  # verdict temperature (1.0 = the rollout temperature, docs/algorithms.md §3)
     share_prefix: bool = True
     judge_options: dict[str, Any] = field(default_factory=dict)  # more keyword options for make_judge
     ungraded: Literal["exclude", "group_mean"] = "exclude"
@@ -132,7 +132,7 @@ class RewardConfig:
 
 @dataclass
 class AdvantageConfig:
-    """Group-relative advantages (SPEC §2)."""
+    """Group-relative advantages (docs/algorithms.md §2)."""
 
     norm_by_std: bool = True
     eps: float = 1e-6
@@ -141,7 +141,7 @@ class AdvantageConfig:
 
 @dataclass
 class LossConfig:
-    """Clipped token-level GRPO loss (SPEC §1)."""
+    """Clipped token-level GRPO loss (docs/algorithms.md §1)."""
 
     eps_low: float = 0.2
     eps_high: float = 0.28
@@ -190,7 +190,7 @@ class TrainerConfig:
 
 @dataclass
 class PipelineConfig:
-    """Asynchrony between rollout and grading/update (SPEC §7)."""
+    """Asynchrony between rollout and grading/update (docs/algorithms.md §7)."""
 
     eta: int = 0  # staleness bound: the batch of step s is sampled with the weights of version max(0, s - 1 - eta)
     # thread: sample ahead on a producer thread with a weight snapshot; inline: same schedule,

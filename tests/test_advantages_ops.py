@@ -1,4 +1,4 @@
-"""group_advantages (SPEC §2): every backend against a float64 reference; the CUDA source compiles."""
+"""group_advantages (docs/algorithms.md §2): every backend against a float64 reference; the CUDA source compiles."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def ref_advantages(scores, group_index, norm_by_std=True, eps=1e-6):
-    """SPEC §2 in float64, one group at a time."""
+    """docs/algorithms.md §2 in float64, one group at a time."""
     s = scores.double()
     out = torch.zeros_like(s)
     for gid in group_index.unique():

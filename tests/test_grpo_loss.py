@@ -1,4 +1,4 @@
-"""grpo_loss (SPEC §1): every backend against a float64 reference, gradcheck, validation."""
+"""grpo_loss (docs/algorithms.md §1): every backend against a float64 reference, gradcheck, validation."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(not extension_
 MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 
 
-# ---------------------------------------------------------------- float64 reference, written from SPEC §1
+# ---------------------------------------------------------------- float64 reference, written from docs/algorithms.md §1
 
 
 def ref_agg(x, mask, mode, agg_norm=None, horizon=None):
-    """SPEC aggregation of a token matrix x [B, T] under mask (float64)."""
+    """The aggregation (docs/algorithms.md §1) of a token matrix x [B, T] under mask (float64)."""
     x = torch.where(mask > 0, x, torch.zeros_like(x))
     if mode == "token-mean":
         n = agg_norm if agg_norm is not None else mask.sum()

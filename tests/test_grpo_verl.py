@@ -2,7 +2,7 @@
 
 verl's compute_policy_loss_vanilla always applies the dual clip (clip_ratio_c), so
 rubricrl runs with clip_c=3.0 here. verl gives a lone response A = S (mean 0,
-std 1); rubricrl gives 0 (SPEC §2): tested as a difference.
+std 1); rubricrl gives 0 (docs/algorithms.md §2): tested as a difference.
 """
 
 from __future__ import annotations
@@ -105,5 +105,5 @@ def test_group_of_one_differs_from_verl(backend):
     got = group_advantages(scores, torch.tensor(index), backend=backend)
     lone = torch.tensor([True, False, False, True])
     torch.testing.assert_close(want[lone], scores[lone])  # verl: mean 0, std 1 -> A = S
-    assert (got[lone] == 0).all()  # rubricrl (SPEC §2): no baseline -> A = 0
+    assert (got[lone] == 0).all()  # rubricrl (docs/algorithms.md §2): no baseline -> A = 0
     torch.testing.assert_close(got[~lone], want[~lone], rtol=1e-5, atol=1e-6)

@@ -1,4 +1,4 @@
-"""PaTaRM: judgment parsing, format reward, PAR rewards, voting (SPEC §5)."""
+"""PaTaRM: judgment parsing, format reward, PAR rewards, voting (docs/algorithms.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RLPR: format check, reward combination, debias cache, std filter (SPEC §4)."""
+"""RLPR: format check, reward combination, debias cache, std filter (docs/algorithms.md §4)."""
 
 from __future__ import annotations
 

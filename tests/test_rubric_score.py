@@ -1,4 +1,4 @@
-"""Per-response rubric score (SPEC §3) against hand-computed cases."""
+"""Per-response rubric score (docs/algorithms.md §3) against hand-computed cases."""
 
 from __future__ import annotations
 

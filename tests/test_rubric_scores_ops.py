@@ -22,7 +22,7 @@ BACKENDS = [
 
 
 def reference(met, points, offsets, clip=True):
-    """float64 SPEC §3 score per segment, one Python loop per response."""
+    """float64 docs/algorithms.md §3 score per segment, one Python loop per response."""
     met = met.double().tolist()
     points = points.double().tolist()
     out = []

@@ -22,7 +22,7 @@ FAST_BACKENDS = ["torch", "cpp"] if extension_available() else ["torch"]
 
 
 def reference(hidden, weight, yes, no, temperature=1.0, bias=None):
-    """float64 (p_met, mass) from the full logits: SPEC §3 literally."""
+    """float64 (p_met, mass) from the full logits: docs/algorithms.md §3 literally."""
     logits = hidden.double() @ weight.double().t()
     if bias is not None:
         logits = logits + bias.double()

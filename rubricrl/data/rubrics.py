@@ -48,7 +48,7 @@ class RubricItem:
     """One rubric criterion.
 
     ``points`` may be negative: the criterion then describes undesirable
-    behaviour and "met" means that behaviour is present (SPEC §3).
+    behaviour and "met" means that behaviour is present (docs/algorithms.md §3).
     """
 
     criterion: str
@@ -73,7 +73,7 @@ class RubricPrompt:
 
     @property
     def max_score(self) -> float:
-        """Sum of the positive points: the denominator of the rubric score (SPEC §3)."""
+        """Sum of the positive points: the denominator of the rubric score (docs/algorithms.md §3)."""
         return float(sum(item.points for item in self.rubrics if item.points > 0))
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +121,7 @@ def load_rubric_jsonl(path: PathLike) -> list[RubricPrompt]:
     ``ideal_completions_data`` (object or null).
 
     A rubric set without any positive points is rejected, naming the prompt:
-    its score ``sum p*met / sum max(p, 0)`` is undefined (SPEC §3).
+    its score ``sum p*met / sum max(p, 0)`` is undefined (docs/algorithms.md §3).
 
     Raises:
         DataError: ``file:line: problem`` for the first bad row.

@@ -1,4 +1,4 @@
-"""Samplers that keep the two members of a preference pair together (SPEC §5).
+"""Samplers that keep the two members of a preference pair together (docs/algorithms.md §5).
 
 The dataset is laid out as consecutive pairs: items ``2i`` and ``2i + 1`` are
 the chosen and rejected response of pair i (PaTaRM needs both in one batch to

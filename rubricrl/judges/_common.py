@@ -46,7 +46,7 @@ def results_from_verdicts(
     """Assemble :class:`GradeResult` objects, scoring every response with ``rubric_scores``.
 
     Failed judgments (``None`` in ``item_met``) are left out of numerator and denominator
-    (SPEC §3); a response with no successful positive-points item is ungraded.
+    (docs/algorithms.md §3); a response with no successful positive-points item is ungraded.
     """
     met: list[float] = []
     points: list[float] = []

@@ -1,6 +1,6 @@
 """The judge interface shared by the trainer, the CLI and the benchmarks.
 
-A judge grades responses against rubric items (SPEC §3). The engine it is given
+A judge grades responses against rubric items (docs/algorithms.md §3). The engine it is given
 may be the policy itself (self-grading with pi_old) or another model; every
 result records the policy version of the weights that produced it.
 """
@@ -30,7 +30,7 @@ class GradeResult:
 
     ``item_probs``: p(met) per item (logprob judge) or 1.0/0.0 (generate judge); None for a
     failed judgment. ``item_met``: the value that entered the score (soft p, hard 0/1, or a
-    Bernoulli sample, per the judge's mode); None where failed. ``score``: SPEC §3 score over
+    Bernoulli sample, per the judge's mode); None where failed. ``score``: docs/algorithms.md §3 score over
     the successful items, None when ``ungraded`` (no successful item with positive points).
     ``verdict_mass``: the share of probability on the verdict tokens (logprob judge only).
     ``item_raw``: the judge's last output text per item (generate judge only).

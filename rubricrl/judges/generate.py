@@ -1,4 +1,4 @@
-"""``GenerateJudge``: HealthBench-style generative grading (SPEC §3, judge mode ``generate``).
+"""``GenerateJudge``: HealthBench-style generative grading (docs/algorithms.md §3, judge mode ``generate``).
 
 For each (response, item) the judge writes a short explanation and a JSON object
 ``{"explanation": ..., "criteria_met": true|false}`` (prompt:

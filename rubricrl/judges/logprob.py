@@ -1,4 +1,4 @@
-"""``LogprobJudge``: p(met) from one forward pass per (response, item), prefix-shared (SPEC §3).
+"""``LogprobJudge``: p(met) from one forward pass per (response, item), prefix-shared (docs/algorithms.md §3).
 
 The judge prompt ends right before the verdict token. The hidden state at its last
 position gives ``p(met) = sum_yes e^{l/T} / sum_{yes+no} e^{l/T}`` through
@@ -107,7 +107,7 @@ class _Encoded:
 
 
 class LogprobJudge:
-    """SPEC §3 ``logprob`` judge.
+    """docs/algorithms.md §3 ``logprob`` judge.
 
     Args:
         mode: ``expected`` (soft score, default), ``threshold`` (met = p >= 0.5) or
@@ -121,7 +121,7 @@ class LogprobJudge:
             ``grade`` calls); ``None`` draws from the global torch RNG.
         chat_template: wrap prompts in the tokenizer's chat template; ``None`` = when it has one.
         record_mass: also compute the verdict mass (one more pass over the vocabulary rows,
-            the format diagnostic of SPEC §3).
+            the format diagnostic of docs/algorithms.md §3).
         max_batch_tokens: bound on one forward pass: rows x context tokens (cached + new);
             ``None``: 8192 on CPU, 65536 on GPU.
         yes_words, no_words: verdict words (default ``judge_prompts.verdict_words()``).

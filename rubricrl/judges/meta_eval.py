@@ -1,4 +1,4 @@
-"""Grader quality: run a judge over meta-evaluation rows and score it with MF1 (SPEC §3).
+"""Grader quality: run a judge over meta-evaluation rows and score it with MF1 (docs/algorithms.md §3).
 
 Each row (a conversation, a completion, one rubric criterion, physicians' labels) becomes
 one :class:`GradeRequest` with a single positive-points item. The judge's verdict on that

@@ -32,7 +32,7 @@ def make_judge(name: str, **options) -> Judge:
     """Build the judge registered as ``name`` with keyword ``options``.
 
     The judge grades with whatever engine ``grade(engine, requests)`` is given: pass the
-    policy's own engine for self-grading (SPEC §3, pi_old), or another engine.
+    policy's own engine for self-grading (docs/algorithms.md §3, pi_old), or another engine.
 
     Raises:
         ValueError: unknown name, or an option the judge does not take (listing the ones it does).

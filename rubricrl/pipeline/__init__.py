@@ -1,5 +1,5 @@
 """The data side of a training step: prompts, rollout batches, reward sources and the
-bounded-staleness rollout schedule (SPEC §7)."""
+bounded-staleness rollout schedule (docs/algorithms.md §7)."""
 
 from rubricrl.pipeline.data import (
     PromptSchedule,

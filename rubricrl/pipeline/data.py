@@ -3,10 +3,10 @@
 A :class:`TrainPrompt` is what the trainer samples responses for. Its ``kind`` says how
 the response is rewarded:
 
-* ``rubric``: graded by the policy itself against ``items`` (SPEC §3);
-* ``reference``: RLPR probability of ``reference`` after the response's reasoning (SPEC §4);
+* ``rubric``: graded by the policy itself against ``items`` (docs/algorithms.md §3);
+* ``reference``: RLPR probability of ``reference`` after the response's reasoning (docs/algorithms.md §4);
 * ``verdict``: scoring data mixed into training: the prompt is a judge prompt and the
-  reward is 1 when the response's verdict matches ``label`` (SPEC §3, mixed data).
+  reward is 1 when the response's verdict matches ``label`` (docs/algorithms.md §3, mixed data).
 
 :class:`PromptSchedule` picks each step's prompts as a pure function of the step, so a
 resumed run sees exactly the prompts an uninterrupted run would.

@@ -3,11 +3,11 @@
 A reward source is looked up by name (``reward.source`` in the config):
 
 * ``rubric``: the policy grades its own responses against each prompt's rubric with the
-  judge of ``reward.judge`` (SPEC §3);
-* ``rlpr``: RLPR probability reward against a reference answer (SPEC §4), with the
+  judge of ``reward.judge`` (docs/algorithms.md §3);
+* ``rlpr``: RLPR probability reward against a reference answer (docs/algorithms.md §4), with the
   optional std filter;
 * ``mix``: rubric prompts plus scoring data with a known label, rewarded 1 when the
-  response's verdict matches the label (SPEC §3, mixed data).
+  response's verdict matches the label (docs/algorithms.md §3, mixed data).
 
 Add one with ``@register_reward_source("name")`` on a factory
 ``factory(config, *, judge=None) -> RewardSource``; the trainer never changes.
@@ -199,7 +199,7 @@ def grade_safely(judge: Judge, engine: Engine, requests: list[GradeRequest]) -> 
 
 
 class RubricReward:
-    """Self-graded rubric score (SPEC §3) of every response, with the configured judge."""
+    """Self-graded rubric score (docs/algorithms.md §3) of every response, with the configured judge."""
 
     name = "rubric"
 
@@ -318,7 +318,7 @@ def _mix(config: TrainConfig, *, judge: Judge | None = None) -> MixReward:
 
 
 class RLPRReward:
-    """RLPR probability reward (SPEC §4) from the policy's own token probabilities.
+    """RLPR probability reward (docs/algorithms.md §4) from the policy's own token probabilities.
 
     ``r`` = mean probability of the reference tokens after the response's reasoning, at the
     rollout temperature; ``r'`` (debias) the same right after the prompt; reward

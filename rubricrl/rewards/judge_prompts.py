@@ -8,7 +8,7 @@ Every judge prompt is three plain-text parts, concatenated in this order::
 
 so that an engine can run the shared prefix once per group and the response
 once per response, and only the short item suffix once per (response, item)
-(SPEC §3, "prefix sharing: item last"). The same prefix and response part serve
+(docs/algorithms.md §3, "prefix sharing: item last"). The same prefix and response part serve
 both judge modes; only the item suffix differs:
 
 * **logprob** judge (:func:`logprob_judge_parts`): the suffix ends with
@@ -85,7 +85,7 @@ def verdict_words() -> tuple[list[str], list[str]]:
     Returns ``(yes, no)``. Each word comes with and without a leading space and
     capitalised, because BPE tokenizers encode " true" (after "Verdict:") and
     "true" as different single tokens. An engine keeps the words that encode to
-    one token and uses their ids as the YES / NO sets of SPEC §3.
+    one token and uses their ids as the YES / NO sets of docs/algorithms.md §3.
     """
     yes = [" true", "true", " True", "True"]
     no = [" false", "false", " False", "False"]

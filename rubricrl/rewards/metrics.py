@@ -1,4 +1,4 @@
-"""Grader-quality metrics: meta-evaluation MF1 (SPEC §3) and ranking accuracy by band (SPEC §6).
+"""Grader-quality metrics: meta-evaluation MF1 (docs/algorithms.md §3) and ranking accuracy by band (docs/algorithms.md §6).
 
 **MF1.** For each graded item the grader gives one verdict and one or more
 physicians give a label. Every (grader verdict, physician label) pair counts

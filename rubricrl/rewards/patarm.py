@@ -1,4 +1,4 @@
-"""PaTaRM: preference-aware reward for a pointwise generative judge (SPEC §5).
+"""PaTaRM: preference-aware reward for a pointwise generative judge (docs/algorithms.md §5).
 
 A judge writes ``<think>…</think><generate_rubrics>…</generate_rubrics>
 <eval>…</eval><answer>S</answer>`` with S a number in [0, 10]. It is trained

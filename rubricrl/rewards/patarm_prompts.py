@@ -1,4 +1,4 @@
-"""Pointwise judge prompts for PaTaRM (SPEC §5): primary rubrics per task type.
+"""Pointwise judge prompts for PaTaRM (docs/algorithms.md §5): primary rubrics per task type.
 
 The judge receives hand-written *primary* rubrics for the task type, writes 1–3
 extra instance-specific rubrics, applies all of them (primary ones weigh more)

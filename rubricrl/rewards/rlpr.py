@@ -1,4 +1,4 @@
-"""RLPR: probability reward without a verifier (SPEC §4).
+"""RLPR: probability reward without a verifier (docs/algorithms.md §4).
 
 The reward for a response is how likely the policy finds the *reference* answer
 after the response's own reasoning:
@@ -25,7 +25,7 @@ Conventions (read these before wiring a trainer):
 * **Which tokens count.** Only the tokens of ``y*`` itself: not the
   ``<answer>``/``</answer>`` tags, not the spaces around ``y*``, not eos. The tags
   are near-deterministic after a correct format and would inflate every reward
-  by the same amount; the mean over ``y*`` is what SPEC §4 and the source use.
+  by the same amount; the mean over ``y*`` is what docs/algorithms.md §4 and the source use.
 * **Tokenisation.** Segments (prompt, reasoning, answer prefix, reference,
   answer suffix, eos) are tokenised *separately* and their ids concatenated, so
   the reference is always the ids of ``tokenizer(reference)`` alone. Tokenising
@@ -68,7 +68,7 @@ ANSWER_OPEN = "<answer>"
 ANSWER_CLOSE = "</answer>"
 _FORMAT_TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
-# The wrapper written around the reference: SPEC §4 writes `<answer> y* </answer>`.
+# The wrapper written around the reference: docs/algorithms.md §4 writes `<answer> y* </answer>`.
 DEFAULT_ANSWER_PREFIX = ANSWER_OPEN + " "
 DEFAULT_ANSWER_SUFFIX = " " + ANSWER_CLOSE
 
@@ -81,7 +81,7 @@ def check_format(response: str) -> bool:
     ``</answer>``, in that order.
 
     Text before ``<think>``, between ``</think>`` and ``<answer>`` and after
-    ``</answer>`` is allowed (SPEC §4 constrains only the tags). If the chat
+    ``</answer>`` is allowed (docs/algorithms.md §4 constrains only the tags). If the chat
     template pre-fills ``<think>`` in the prompt, prepend it to the response
     before calling this.
     """
@@ -428,7 +428,7 @@ def rlpr_reward(r: Tensor, r_debias: Tensor, format_ok: Tensor, fc: float = 0.1)
             NaN or anything) where ``format_ok`` is False.
         r_debias: ``FloatTensor[B]``, the same without reasoning (r').
         format_ok: ``BoolTensor[B]``.
-        fc: format coefficient in [0, 1] (SPEC default 0.1).
+        fc: format coefficient in [0, 1] (default 0.1, docs/algorithms.md §4).
 
     Returns:
         ``FloatTensor[B]`` (fp32) in [0, 1].

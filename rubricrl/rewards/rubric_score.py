@@ -1,4 +1,4 @@
-"""Rubric score of one response from per-item verdicts (plain Python, SPEC §3).
+"""Rubric score of one response from per-item verdicts (plain Python, docs/algorithms.md §3).
 
 ``S = clip(sum_i p_i * met_i / sum_i max(p_i, 0), 0, 1)``
 
@@ -59,7 +59,7 @@ def score_response(
         items: the prompt's rubric items.
         verdicts: one per item, in order: ``True``/``False``, a probability in
             ``[0, 1]``, or ``None`` for a failed judgment.
-        clip: clip the score to ``[0, 1]`` (SPEC §3); ``False`` returns the
+        clip: clip the score to ``[0, 1]`` (docs/algorithms.md §3); ``False`` returns the
             unclipped ratio, which can be negative.
 
     Raises:

@@ -1,4 +1,4 @@
-"""The GRPO trainer with self-graded rubric rewards (SPEC §7).
+"""The GRPO trainer with self-graded rubric rewards (docs/algorithms.md §7).
 
 One step::
 
@@ -330,7 +330,7 @@ class Trainer:
     # ---- rewards -> advantages -> update batch ---------------------------------------
 
     def build_update_batch(self, batch: RolloutBatch, reward: RewardOutput) -> tuple[UpdateBatch, dict[str, Any]]:
-        """Advantages per group (SPEC §2) and the responses that enter the update.
+        """Advantages per group (docs/algorithms.md §2) and the responses that enter the update.
 
         Returns the batch and ``reward_mean``, ``reward_std``, ``ungraded``,
         ``failed_judgments``, ``dropped_groups``.
