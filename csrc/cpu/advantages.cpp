@@ -9,6 +9,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -80,9 +82,3 @@ at::Tensor group_advantages(const at::Tensor& scores, const at::Tensor& group_in
 
 }  // namespace cpu
 }  // namespace rubricrl
-
-TORCH_LIBRARY_FRAGMENT(rubricrl, m) {
-  m.def("group_advantages(Tensor scores, Tensor group_index, bool norm_by_std, float eps) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(rubricrl, CPU, m) { m.impl("group_advantages", &rubricrl::cpu::group_advantages); }

@@ -10,6 +10,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "ops.h"
+
 #include <algorithm>
 #include <limits>
 
@@ -91,14 +93,3 @@ at::Tensor rubric_scores_bwd(const at::Tensor& coef_in, const at::Tensor& points
 
 }  // namespace cpu
 }  // namespace rubricrl
-
-TORCH_LIBRARY_FRAGMENT(rubricrl, m) {
-  m.def("rubric_scores_fwd(Tensor met, Tensor points, Tensor item_offsets, bool clip)"
-        " -> (Tensor scores, Tensor raw, Tensor den)");
-  m.def("rubric_scores_bwd(Tensor coef, Tensor points, Tensor item_offsets) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(rubricrl, CPU, m) {
-  m.impl("rubric_scores_fwd", &rubricrl::cpu::rubric_scores_fwd);
-  m.impl("rubric_scores_bwd", &rubricrl::cpu::rubric_scores_bwd);
-}
