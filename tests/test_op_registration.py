@@ -296,3 +296,14 @@ def test_chunk_size_keyword_is_deprecated_but_works():
     new, _ = ops.fused_linear_grpo_loss(hidden[None], weight, targets[None], torch.zeros(1, 4), torch.ones(1), mask,
                                         token_chunk=2)
     torch.testing.assert_close(old, new)
+
+
+def test_fused_grpo_loss_second_backward_raises_instead_of_scaling_twice():
+    """The backward scales the stored gradients in place; backward through the same graph twice is refused."""
+    torch.manual_seed(10)
+    hidden, weight = torch.randn(1, 4, 6, requires_grad=True), torch.randn(30, 6)
+    loss, _ = ops.fused_linear_grpo_loss(hidden, weight, torch.randint(0, 30, (1, 4)), torch.zeros(1, 4),
+                                         torch.ones(1), torch.ones(1, 4))
+    (2 * loss).backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

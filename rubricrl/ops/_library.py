@@ -283,9 +283,18 @@ def _setup_fused_linear_grpo_loss(ctx, inputs, output):
 
 
 def _backward_fused_linear_grpo_loss(ctx, g_loss, _g_metrics, _g_dh, _g_dw, _g_db, bwd=None):
-    # The stored gradients are those of the loss itself: scale by the upstream gradient (a
-    # tensor op, no host read, so the backward traces into one graph under torch.compile).
-    grads = [g * g_loss.to(g.dtype) if has else None for g, has in zip(ctx.saved_tensors, ctx.has)]
+    # The stored gradients are those of the loss itself: scale them by the upstream gradient, a
+    # tensor op with no host read, so the backward traces into one graph under torch.compile.
+    # Eagerly on plain tensors, in place: d weight is [V, H] and a copy would add that much to
+    # the peak memory. The tensors are the op's gradient outputs, which the Python API drops; a
+    # second backward through the same graph (retain_graph) raises instead of scaling twice
+    # (their version changed). Traced (fake/functional tensors) or on tensor subclasses: a copy.
+    grads = []
+    for g, has in zip(ctx.saved_tensors, ctx.has):
+        if has:
+            scale = g_loss.to(g.dtype)
+            g = g.mul_(scale) if type(g) is torch.Tensor and type(scale) is torch.Tensor else g * scale
+        grads.append(g if has else None)
     return (*grads,) + (None,) * 20
 
 
