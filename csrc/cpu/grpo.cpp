@@ -1,4 +1,4 @@
-// CPU kernels of rubricrl::grpo_loss_fwd and rubricrl::linear_grpo_fwd (SPEC §1).
+// CPU kernels of rubricrl::grpo_loss and rubricrl::fused_linear_grpo_loss (SPEC §1).
 //
 // Both produce the loss, its metrics and its gradient in one pass: every term
 // of the loss is a function of one token's log-prob (and entropy) times an
@@ -53,18 +53,25 @@ struct Options {
   double entropy_coef;
 };
 
+// The option names are rubricrl::kLossAggNames / kKlTypeNames (csrc/rubricrl_defs.h), in the
+// order of these enums.
+static_assert(int(LossAgg::kTokenMean) == kLossAggTokenMean &&
+                  int(LossAgg::kSeqMeanTokenMean) == kLossAggSeqMeanTokenMean &&
+                  int(LossAgg::kSeqMeanTokenSum) == kLossAggSeqMeanTokenSum &&
+                  int(LossAgg::kSeqMeanTokenSumNorm) == kLossAggSeqMeanTokenSumNorm,
+              "LossAgg follows rubricrl::LossAggMode");
+static_assert(int(KlType::kK1) == kKlTypeK1 && int(KlType::kK2) == kKlTypeK2 && int(KlType::kK3) == kKlTypeK3,
+              "KlType follows rubricrl::KlTypeId");
+
 LossAgg parse_loss_agg(c10::string_view s) {
-  if (s == "token-mean") return LossAgg::kTokenMean;
-  if (s == "seq-mean-token-mean") return LossAgg::kSeqMeanTokenMean;
-  if (s == "seq-mean-token-sum") return LossAgg::kSeqMeanTokenSum;
-  if (s == "seq-mean-token-sum-norm") return LossAgg::kSeqMeanTokenSumNorm;
+  for (int i = 0; i < kNumLossAggModes; ++i)
+    if (s == kLossAggNames[i]) return LossAgg(i);
   TORCH_CHECK(false, "unknown loss_agg '", std::string(s), "'");
 }
 
 KlType parse_kl_type(c10::string_view s) {
-  if (s == "k1") return KlType::kK1;
-  if (s == "k2") return KlType::kK2;
-  if (s == "k3") return KlType::kK3;
+  for (int i = 0; i < kNumKlTypes; ++i)
+    if (s == kKlTypeNames[i]) return KlType(i);
   TORCH_CHECK(false, "unknown kl_type '", std::string(s), "'");
 }
 

@@ -1,4 +1,4 @@
-// CPU kernels of rubricrl::token_logprobs_* and rubricrl::linear_logprobs_*.
+// CPU kernels of rubricrl::token_logprobs(_backward) and rubricrl::fused_linear_logprobs(_backward).
 //
 // Contract (validated in Python, re-checked cheaply here): targets are int64
 // [N]; a target outside [0, V) marks an ignored row (log-prob 0, entropy 0, no

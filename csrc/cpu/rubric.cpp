@@ -1,4 +1,4 @@
-// CPU kernels of rubricrl::rubric_scores_fwd / rubric_scores_bwd (SPEC §3).
+// CPU kernels of rubricrl::rubric_scores / rubric_scores_backward (SPEC §3).
 //
 // Items are segmented by CSR offsets int64 [R+1]: response r owns the items
 // [offsets[r], offsets[r+1]). Per response

@@ -8,6 +8,10 @@ variable ``RUBRICRL_BACKEND``, then the automatic choice:
 * CPU tensors  -> ``cpp`` when the extension ``rubricrl._C`` is importable,
   else ``torch`` (the plain-PyTorch implementation).
 
+The automatic choice (:func:`native`) is the kernel the dispatcher runs for
+``torch.ops.rubricrl.<op>`` on those tensors; another backend forced for tests
+or benchmarks runs its implementation directly (``rubricrl.ops._library.call``).
+
 Forcing ``triton`` on CPU tensors runs the Triton interpreter. Triton decides
 interpreter-or-compiler when a function is *decorated*, its own ``tl.*``
 functions included, i.e. when triton is first imported. So: if nothing has

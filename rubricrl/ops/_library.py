@@ -279,10 +279,16 @@ def _setup_fused_linear_grpo_loss(ctx, inputs, output):
     _, metrics, d_hidden, d_weight, d_bias = output
     ctx.save_for_backward(d_hidden, d_weight, d_bias)
     ctx.has = (need[0], need[1], need[2] and bias is not None)
-    ctx.mark_non_differentiable(metrics, d_hidden, d_weight, d_bias)
+    # Not marked non-differentiable: that would keep references to them on the node for as long
+    # as the graph lives (a second d weight alive during the next step when a caller keeps the
+    # loss). Saved tensors are released after the backward; their own gradients arrive as None.
+    ctx.mark_non_differentiable(metrics)
+    ctx.set_materialize_grads(False)
 
 
 def _backward_fused_linear_grpo_loss(ctx, g_loss, _g_metrics, _g_dh, _g_dw, _g_db, bwd=None):
+    if g_loss is None:
+        return (None,) * 23
     # The stored gradients are those of the loss itself: scale them by the upstream gradient, a
     # tensor op with no host read, so the backward traces into one graph under torch.compile.
     # Eagerly on plain tensors, in place: d weight is [V, H] and a copy would add that much to
