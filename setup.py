@@ -77,8 +77,7 @@ setup(
     description="Fast kernels, rewards and a trainer for rubric-based, self-graded and "
     "probability-based RL of language models",
     python_requires=">=3.10",
-    packages=find_packages(include=["rubricrl", "rubricrl.*"]) + ["rubricrl.kernels"],
-    package_dir={"rubricrl.kernels": "kernels"},
+    packages=find_packages(include=["rubricrl", "rubricrl.*"]),
     package_data={
         "rubricrl": ["py.typed"],
         "rubricrl.data": ["builtin/*.jsonl"],

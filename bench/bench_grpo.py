@@ -125,7 +125,7 @@ def make_step(variant, x):
 
         def rubricrl():
             loss, _ = fused_linear_grpo_loss(x["hidden"], x["weight"], x["targets"], x["old"], x["adv"], x["mask"],
-                                             eps_low=0.2, eps_high=0.28, chunk_size=chunk, backend="cpp")
+                                             eps_low=0.2, eps_high=0.28, token_chunk=chunk, backend="cpp")
             loss.backward()
             return loss
 

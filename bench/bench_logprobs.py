@@ -61,7 +61,7 @@ def _setup(variant: str, n: int, h: int, v: int, chunk: int | None):
         else:
             backend = {"fused_cpp": "cpp", "fused_torch": "torch"}[variant]
             lp, ent = fused_linear_logprobs(
-                hidden, weight, targets, return_entropy=True, chunk_size=chunk, backend=backend
+                hidden, weight, targets, return_entropy=True, vocab_chunk=chunk, backend=backend
             )
         (lp * g_lp + ent * g_ent).sum().backward()
 

@@ -182,15 +182,14 @@ def test_empty_batch():
 
 @pytest.mark.skipif(not extension_available(), reason="rubricrl._C not built")
 def test_cpp_ops_have_fake_kernels_for_torch_compile():
-    import rubricrl.ops._cpp.rubric  # noqa: F401  (registers the fake kernels)
 
     # no NaN scores here: opcheck compares eager and traced outputs without equal_nan
     met, points, offsets = torch.rand(7), torch.rand(7) + 0.1, torch.tensor([0, 3, 4, 7])
-    torch.library.opcheck(torch.ops.rubricrl.rubric_scores_fwd.default, (met, points, offsets, True))
-    torch.library.opcheck(torch.ops.rubricrl.rubric_scores_bwd.default, (torch.rand(3), points, offsets))
+    torch.library.opcheck(torch.ops.rubricrl.rubric_scores.default, (met, points, offsets, True))
+    torch.library.opcheck(torch.ops.rubricrl.rubric_scores_backward.default, (torch.rand(3), points, offsets))
 
     @torch.compile(backend="aot_eager", fullgraph=True)
     def scores(met, points, offsets):
-        return torch.ops.rubricrl.rubric_scores_fwd(met, points, offsets, True)[0] * 2
+        return torch.ops.rubricrl.rubric_scores(met, points, offsets, True)[0] * 2
 
     torch.testing.assert_close(scores(met, points, offsets), 2 * rubric_scores(met, points, offsets, backend="cpp"), equal_nan=True)

@@ -187,16 +187,15 @@ def test_validation_errors():
 
 @pytest.mark.skipif(not extension_available(), reason="rubricrl._C not built")
 def test_cpp_op_has_a_fake_kernel_for_torch_compile():
-    import rubricrl.ops._cpp.span  # noqa: F401  (registers the fake kernel)
 
     hidden, weight, bias, targets, _ = _problem(5, m=10, vocab=50, with_bias=True)
     span_index = torch.arange(10) % 3  # no empty span: opcheck compares without equal_nan
     torch.library.opcheck(
-        torch.ops.rubricrl.span_mean_prob_fwd.default, (hidden, weight, bias, targets, span_index, 3, 0.9, 16)
+        torch.ops.rubricrl.span_mean_prob.default, (hidden, weight, bias, targets, span_index, 3, 0.9, 16)
     )
 
     @torch.compile(backend="aot_eager", fullgraph=True)
     def reward(hidden):
-        return torch.ops.rubricrl.span_mean_prob_fwd(hidden, weight, None, targets, span_index, 3, 1.0, 0) * 2
+        return torch.ops.rubricrl.span_mean_prob(hidden, weight, None, targets, span_index, 3, 1.0, 0) * 2
 
     torch.testing.assert_close(reward(hidden), 2 * span_mean_prob(hidden, weight, targets, span_index, 3, backend="cpp"))

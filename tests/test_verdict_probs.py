@@ -203,18 +203,17 @@ def test_shape_validation():
 
 @pytest.mark.skipif(not extension_available(), reason="rubricrl._C not built")
 def test_cpp_op_has_a_fake_kernel_for_torch_compile():
-    import rubricrl.ops._cpp.verdict  # noqa: F401  (registers the fake kernel)
 
     hidden, weight, bias = _problem(10, vocab=50, with_bias=True)
     yes, no = torch.tensor([1, 2]), torch.tensor([7])
     for with_mass in (True, False):
         torch.library.opcheck(
-            torch.ops.rubricrl.verdict_probs_fwd.default, (hidden, weight, bias, yes, no, 0.8, with_mass, 16)
+            torch.ops.rubricrl.verdict_probs.default, (hidden, weight, bias, yes, no, 0.8, with_mass, 16)
         )
 
     @torch.compile(backend="aot_eager", fullgraph=True)
     def both(hidden):
-        p_met, mass = torch.ops.rubricrl.verdict_probs_fwd(hidden, weight, None, yes, no, 1.0, True, 0)
+        p_met, mass = torch.ops.rubricrl.verdict_probs(hidden, weight, None, yes, no, 1.0, True, 0)
         return p_met + mass
 
     p_met, mass = verdict_probs(hidden, weight, yes, no, return_mass=True, backend="cpp")

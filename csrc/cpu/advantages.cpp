@@ -1,4 +1,4 @@
-// CPU kernel of rubricrl::group_advantages (SPEC §2), and the op's definition.
+// CPU kernel of rubricrl::group_advantages (SPEC §2).
 //
 // A_i = (S_i - mean_g) / (std_g + eps) (unbiased std) or S_i - mean_g; groups of
 // one and groups whose scores are all equal read 0. Groups are found by a
@@ -8,6 +8,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "ops.h"
 
 #include <algorithm>
 #include <cmath>
@@ -80,9 +82,3 @@ at::Tensor group_advantages(const at::Tensor& scores, const at::Tensor& group_in
 
 }  // namespace cpu
 }  // namespace rubricrl
-
-TORCH_LIBRARY_FRAGMENT(rubricrl, m) {
-  m.def("group_advantages(Tensor scores, Tensor group_index, bool norm_by_std, float eps) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(rubricrl, CPU, m) { m.impl("group_advantages", &rubricrl::cpu::group_advantages); }

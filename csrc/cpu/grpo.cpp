@@ -1,4 +1,4 @@
-// CPU kernels of rubricrl::grpo_loss_fwd and rubricrl::linear_grpo_fwd (SPEC §1).
+// CPU kernels of rubricrl::grpo_loss and rubricrl::fused_linear_grpo_loss (SPEC §1).
 //
 // Both produce the loss, its metrics and its gradient in one pass: every term
 // of the loss is a function of one token's log-prob (and entropy) times an
@@ -21,26 +21,23 @@
 #include <string>
 #include <vector>
 
+#include "ops.h"
+#include "rubricrl_defs.h"
 #include "softmax_epilogue.h"
 
 namespace rubricrl {
 namespace cpu {
 namespace {
 
-constexpr double kLogRatioClamp = 20.0;  // |lp - old| and |ref - lp| are clamped to this
-constexpr double kK3Max = 10.0;          // k3 is clamped to at most this
 // Tokens per task of the loss loop; fixed, so the sums do not depend on the thread count.
 constexpr int64_t kTokenBlock = 4096;
-// fp32 logits per token chunk of the fused op when the caller does not choose:
-// 320 MB, i.e. 512 rows at V = 151936 (mirrors rubricrl/ops/_chunked.py): fewer passes over
-// d W than 256 rows (1.07x vs 1.13x the GEMM floor) and still less peak memory than Liger.
-constexpr int64_t kDefaultTokenChunkElems = 80000000;
 
 enum class LossAgg { kTokenMean, kSeqMeanTokenMean, kSeqMeanTokenSum, kSeqMeanTokenSumNorm };
 enum class KlType { kK1, kK2, kK3 };
 
-// Sums behind the loss and the metrics, in this order.
-enum Sum { kLoss, kClipped, kLower, kOldMinusLp, kKl, kEntropy, kNumSums };
+// Sums behind the loss and the metrics: their layout is rubricrl::Sum (csrc/rubricrl_defs.h).
+constexpr int kLoss = kSumLoss, kClipped = kSumClipped, kLower = kSumLower, kOldMinusLp = kSumOldMinusLp,
+              kKl = kSumKl, kEntropy = kSumEntropy;
 
 struct Options {
   double eps_low, eps_high;
@@ -56,18 +53,25 @@ struct Options {
   double entropy_coef;
 };
 
+// The option names are rubricrl::kLossAggNames / kKlTypeNames (csrc/rubricrl_defs.h), in the
+// order of these enums.
+static_assert(int(LossAgg::kTokenMean) == kLossAggTokenMean &&
+                  int(LossAgg::kSeqMeanTokenMean) == kLossAggSeqMeanTokenMean &&
+                  int(LossAgg::kSeqMeanTokenSum) == kLossAggSeqMeanTokenSum &&
+                  int(LossAgg::kSeqMeanTokenSumNorm) == kLossAggSeqMeanTokenSumNorm,
+              "LossAgg follows rubricrl::LossAggMode");
+static_assert(int(KlType::kK1) == kKlTypeK1 && int(KlType::kK2) == kKlTypeK2 && int(KlType::kK3) == kKlTypeK3,
+              "KlType follows rubricrl::KlTypeId");
+
 LossAgg parse_loss_agg(c10::string_view s) {
-  if (s == "token-mean") return LossAgg::kTokenMean;
-  if (s == "seq-mean-token-mean") return LossAgg::kSeqMeanTokenMean;
-  if (s == "seq-mean-token-sum") return LossAgg::kSeqMeanTokenSum;
-  if (s == "seq-mean-token-sum-norm") return LossAgg::kSeqMeanTokenSumNorm;
+  for (int i = 0; i < kNumLossAggModes; ++i)
+    if (s == kLossAggNames[i]) return LossAgg(i);
   TORCH_CHECK(false, "unknown loss_agg '", std::string(s), "'");
 }
 
 KlType parse_kl_type(c10::string_view s) {
-  if (s == "k1") return KlType::kK1;
-  if (s == "k2") return KlType::kK2;
-  if (s == "k3") return KlType::kK3;
+  for (int i = 0; i < kNumKlTypes; ++i)
+    if (s == kKlTypeNames[i]) return KlType(i);
   TORCH_CHECK(false, "unknown kl_type '", std::string(s), "'");
 }
 
@@ -200,13 +204,13 @@ inline void grpo_token(T lp, T ent, int64_t i, const Tokens<T>& tk, const Option
 // fp32 metrics [clipfrac, clipfrac_lower, approx_kl, entropy, kl] from the sums.
 at::Tensor metrics_tensor(const double* sums, double n_valid) {
   const double n = std::max(n_valid, 1.0);
-  at::Tensor m = at::empty({5}, at::kFloat);
+  at::Tensor m = at::empty({kNumMetrics}, at::kFloat);
   float* p = m.data_ptr<float>();
-  p[0] = float(sums[kClipped] / n);
-  p[1] = float(sums[kLower] / n);
-  p[2] = float(sums[kOldMinusLp] / n);
-  p[3] = float(sums[kEntropy]);
-  p[4] = float(sums[kKl]);
+  p[kMetricClipfrac] = float(sums[kClipped] / n);
+  p[kMetricClipfracLower] = float(sums[kLower] / n);
+  p[kMetricApproxKl] = float(sums[kOldMinusLp] / n);
+  p[kMetricEntropy] = float(sums[kEntropy]);
+  p[kMetricKl] = float(sums[kKl]);
   return m;
 }
 
@@ -269,7 +273,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grpo_loss_impl(
 int64_t token_chunk_rows(int64_t n, int64_t vocab, int64_t chunk_size) {
   int64_t rows = chunk_size > 0
                      ? chunk_size
-                     : std::max<int64_t>(16, kDefaultTokenChunkElems / std::max<int64_t>(vocab, 1) / 16 * 16);
+                     : std::max<int64_t>(kTokenChunkAlign, kDefaultTokenChunkElems / std::max<int64_t>(vocab, 1) /
+                                                      kTokenChunkAlign * kTokenChunkAlign);
   return std::max<int64_t>(1, std::min(rows, n));
 }
 
@@ -432,21 +437,3 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_gr
 
 }  // namespace cpu
 }  // namespace rubricrl
-
-TORCH_LIBRARY_FRAGMENT(rubricrl, m) {
-  m.def("grpo_loss_fwd(Tensor logprobs, Tensor old_logprobs, Tensor advantages, Tensor mask,"
-        " Tensor? ref_logprobs, Tensor? entropy, float eps_low, float eps_high, float? clip_c,"
-        " str loss_agg, float kl_coef, str kl_type, float entropy_coef, float? agg_norm, int? horizon)"
-        " -> (Tensor loss, Tensor grad_logprobs, Tensor grad_entropy, Tensor metrics)");
-  m.def("linear_grpo_fwd(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets,"
-        " Tensor old_logprobs, Tensor advantages, Tensor mask, Tensor? ref_logprobs, float temperature,"
-        " float eps_low, float eps_high, float? clip_c, str loss_agg, float kl_coef, str kl_type,"
-        " float entropy_coef, float? agg_norm, int? horizon, bool with_entropy, bool need_d_hidden,"
-        " bool need_d_weight, bool need_d_bias, int chunk_size)"
-        " -> (Tensor loss, Tensor metrics, Tensor d_hidden, Tensor d_weight, Tensor d_bias)");
-}
-
-TORCH_LIBRARY_IMPL(rubricrl, CPU, m) {
-  m.impl("grpo_loss_fwd", &rubricrl::cpu::grpo_loss_fwd);
-  m.impl("linear_grpo_fwd", &rubricrl::cpu::linear_grpo_fwd);
-}

@@ -10,8 +10,8 @@ namespace rubricrl {
 namespace cpu {
 
 int64_t vocab_chunk_columns(int64_t n, int64_t vocab, int64_t chunk_size) {
-  int64_t cols = chunk_size > 0 ? chunk_size : kDefaultChunkElems / std::max<int64_t>(n, 1);
-  cols = std::max<int64_t>(cols, 64);
+  int64_t cols = chunk_size > 0 ? chunk_size : kDefaultVocabChunkElems / std::max<int64_t>(n, 1);
+  cols = std::max<int64_t>(cols, kMinVocabChunkCols);
   return std::min(cols, vocab);
 }
 

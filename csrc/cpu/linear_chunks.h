@@ -9,14 +9,13 @@
 
 #include <functional>
 
+#include "rubricrl_defs.h"
+
 namespace rubricrl {
 namespace cpu {
 
-// Logit elements per chunk when the caller does not choose (8M fp32 = 32 MiB).
-constexpr int64_t kDefaultChunkElems = int64_t(1) << 23;
-
 // Vocabulary columns per chunk: the caller's chunk_size if > 0, else what fits
-// the default budget for n rows, at least 64 and at most vocab.
+// the default budget (kDefaultVocabChunkElems) for n rows, at least kMinVocabChunkCols and at most vocab.
 int64_t vocab_chunk_columns(int64_t n, int64_t vocab, int64_t chunk_size);
 
 // Accumulation dtype of every op: fp32, or fp64 when the inputs are fp64 (gradcheck).

@@ -1,4 +1,4 @@
-// CPU kernels of rubricrl::token_logprobs_* and rubricrl::linear_logprobs_*.
+// CPU kernels of rubricrl::token_logprobs(_backward) and rubricrl::fused_linear_logprobs(_backward).
 //
 // Contract (validated in Python, re-checked cheaply here): targets are int64
 // [N]; a target outside [0, V) marks an ignored row (log-prob 0, entropy 0, no
@@ -9,6 +9,7 @@
 
 #include <limits>
 
+#include "ops.h"
 #include "linear_chunks.h"
 #include "softmax_epilogue.h"
 
@@ -157,23 +158,3 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_logprobs_bwd(
 
 }  // namespace cpu
 }  // namespace rubricrl
-
-TORCH_LIBRARY_FRAGMENT(rubricrl, m) {
-  m.def("token_logprobs_fwd(Tensor logits, Tensor targets, float temperature, bool with_entropy)"
-        " -> (Tensor logprobs, Tensor entropy, Tensor lse)");
-  m.def("token_logprobs_bwd(Tensor grad_logprobs, Tensor? grad_entropy, Tensor logits,"
-        " Tensor targets, Tensor lse, Tensor entropy, float temperature) -> Tensor");
-  m.def("linear_logprobs_fwd(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets,"
-        " float temperature, bool with_entropy, int chunk_size)"
-        " -> (Tensor logprobs, Tensor entropy, Tensor lse)");
-  m.def("linear_logprobs_bwd(Tensor grad_logprobs, Tensor? grad_entropy, Tensor hidden,"
-        " Tensor weight, Tensor? bias, Tensor targets, Tensor lse, Tensor entropy,"
-        " float temperature, int chunk_size) -> (Tensor d_hidden, Tensor d_weight, Tensor d_bias)");
-}
-
-TORCH_LIBRARY_IMPL(rubricrl, CPU, m) {
-  m.impl("token_logprobs_fwd", &rubricrl::cpu::token_logprobs_fwd);
-  m.impl("token_logprobs_bwd", &rubricrl::cpu::token_logprobs_bwd);
-  m.impl("linear_logprobs_fwd", &rubricrl::cpu::linear_logprobs_fwd);
-  m.impl("linear_logprobs_bwd", &rubricrl::cpu::linear_logprobs_bwd);
-}

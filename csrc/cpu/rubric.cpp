@@ -1,4 +1,4 @@
-// CPU kernels of rubricrl::rubric_scores_fwd / rubric_scores_bwd (SPEC §3).
+// CPU kernels of rubricrl::rubric_scores / rubric_scores_backward (SPEC §3).
 //
 // Items are segmented by CSR offsets int64 [R+1]: response r owns the items
 // [offsets[r], offsets[r+1]). Per response
@@ -9,6 +9,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "ops.h"
 
 #include <algorithm>
 #include <limits>
@@ -91,14 +93,3 @@ at::Tensor rubric_scores_bwd(const at::Tensor& coef_in, const at::Tensor& points
 
 }  // namespace cpu
 }  // namespace rubricrl
-
-TORCH_LIBRARY_FRAGMENT(rubricrl, m) {
-  m.def("rubric_scores_fwd(Tensor met, Tensor points, Tensor item_offsets, bool clip)"
-        " -> (Tensor scores, Tensor raw, Tensor den)");
-  m.def("rubric_scores_bwd(Tensor coef, Tensor points, Tensor item_offsets) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(rubricrl, CPU, m) {
-  m.impl("rubric_scores_fwd", &rubricrl::cpu::rubric_scores_fwd);
-  m.impl("rubric_scores_bwd", &rubricrl::cpu::rubric_scores_bwd);
-}

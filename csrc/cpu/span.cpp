@@ -1,4 +1,4 @@
-// CPU kernel of rubricrl::span_mean_prob_fwd (RLPR, SPEC §4).
+// CPU kernel of rubricrl::span_mean_prob (RLPR, SPEC §4).
 //
 // The caller passes only the span positions: hidden [M, H] predicts the span
 // tokens targets [M]; span_index [M] says which of num_spans spans each position
@@ -13,6 +13,7 @@
 #include <cmath>
 #include <vector>
 
+#include "ops.h"
 #include "linear_chunks.h"
 
 namespace rubricrl {
@@ -52,12 +53,3 @@ at::Tensor span_mean_prob_fwd(const at::Tensor& hidden, const at::Tensor& weight
 
 }  // namespace cpu
 }  // namespace rubricrl
-
-TORCH_LIBRARY_FRAGMENT(rubricrl, m) {
-  m.def("span_mean_prob_fwd(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets,"
-        " Tensor span_index, int num_spans, float temperature, int chunk_size) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(rubricrl, CPU, m) {
-  m.impl("span_mean_prob_fwd", &rubricrl::cpu::span_mean_prob_fwd);
-}

@@ -1,4 +1,4 @@
-// CPU kernel of rubricrl::verdict_probs_fwd (SPEC §3, judge mode `logprob`).
+// CPU kernel of rubricrl::verdict_probs (SPEC §3, judge mode `logprob`).
 //
 // From the hidden state at the verdict position, only the output-projection
 // rows of the verdict tokens are needed for p(met):
@@ -16,6 +16,7 @@
 #include <cmath>
 #include <limits>
 
+#include "ops.h"
 #include "linear_chunks.h"
 
 namespace rubricrl {
@@ -91,13 +92,3 @@ std::tuple<at::Tensor, at::Tensor> verdict_probs_fwd(const at::Tensor& hidden,
 
 }  // namespace cpu
 }  // namespace rubricrl
-
-TORCH_LIBRARY_FRAGMENT(rubricrl, m) {
-  m.def("verdict_probs_fwd(Tensor hidden, Tensor weight, Tensor? bias, Tensor yes_ids,"
-        " Tensor no_ids, float temperature, bool with_mass, int chunk_size)"
-        " -> (Tensor p_met, Tensor mass)");
-}
-
-TORCH_LIBRARY_IMPL(rubricrl, CPU, m) {
-  m.impl("verdict_probs_fwd", &rubricrl::cpu::verdict_probs_fwd);
-}

@@ -1,6 +1,6 @@
 // torch binding of the CUDA kernel of rubricrl::group_advantages (compiled only
 // when the extension is built with CUDA; see setup.py). The op itself is
-// defined in csrc/cpu/advantages.cpp; this adds its CUDA kernel.
+// defined in csrc/cpu/registration.cpp; this adds its CUDA kernel.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>

@@ -13,7 +13,7 @@ int main() {
   at::Tensor targets = at::randint(0, v, {n}, at::kLong);
 
   auto op = c10::Dispatcher::singleton()
-                .findSchemaOrThrow("rubricrl::linear_logprobs_fwd", "")
+                .findSchemaOrThrow("rubricrl::fused_linear_logprobs", "")
                 .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                     const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
                     const at::Tensor&, double, bool, int64_t)>();

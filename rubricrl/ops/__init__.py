@@ -1,4 +1,9 @@
-"""rubricrl.ops: the public kernel API (names are a contract; see DESIGN.md).
+"""rubricrl.ops: the public kernel API (names are a contract).
+
+Each function validates its inputs and calls one ``torch.library`` op,
+``torch.ops.rubricrl.<name>`` (registered in :mod:`rubricrl.ops._library`), which
+has a C++ CPU kernel, a Triton CUDA kernel, a fake kernel for torch.compile and
+an autograd formula.
 
 Every op takes ``backend=`` (``torch``, ``cpp``, ``triton``, ``cuda``) and
 honours ``RUBRICRL_BACKEND``; without either it picks Triton/CUDA for CUDA
@@ -6,7 +11,8 @@ tensors and C++ for CPU tensors (the PyTorch implementation when the extension
 is not built).
 """
 
-from ._backend import BackendUnavailableError, extension_available
+from ._backend import BackendUnavailableError, extension_available  # loads rubricrl._C if built
+from . import _library  # noqa: F401  (registers the ops; already imported by rubricrl._C when built)
 from .logprobs import fused_linear_logprobs, token_logprobs
 from .rubric import rubric_scores
 from .span import span_mean_prob

@@ -8,6 +8,10 @@ variable ``RUBRICRL_BACKEND``, then the automatic choice:
 * CPU tensors  -> ``cpp`` when the extension ``rubricrl._C`` is importable,
   else ``torch`` (the plain-PyTorch implementation).
 
+The automatic choice (:func:`native`) is the kernel the dispatcher runs for
+``torch.ops.rubricrl.<op>`` on those tensors; another backend forced for tests
+or benchmarks runs its implementation directly (``rubricrl.ops._library.call``).
+
 Forcing ``triton`` on CPU tensors runs the Triton interpreter. Triton decides
 interpreter-or-compiler when a function is *decorated*, its own ``tl.*``
 functions included, i.e. when triton is first imported. So: if nothing has
@@ -22,12 +26,13 @@ import importlib
 import importlib.util
 import os
 import sys
-from pathlib import Path
 from types import ModuleType
 
 import torch
 
 BACKENDS = ("torch", "cpp", "triton", "cuda")
+# Ops with a CUDA C++ kernel (csrc/cuda) besides the Triton one.
+CUDA_CPP_OPS = frozenset({"group_advantages"})
 ENV_VAR = "RUBRICRL_BACKEND"
 
 
@@ -59,29 +64,6 @@ def extension_has_cuda() -> bool:
     return extension_available() and hasattr(torch.ops.rubricrl, "cuda_kernels_built")
 
 
-def _load_source_kernels() -> ModuleType:
-    """Imports ``rubricrl.kernels``.
-
-    In a source checkout (``setup.py`` beside the package) the kernels are the
-    checkout's own ``kernels/`` folder, loaded under that name, so a tree on
-    PYTHONPATH never picks up another tree's installed kernels.
-    """
-    if "rubricrl.kernels" in sys.modules:
-        return sys.modules["rubricrl.kernels"]
-    root = Path(__file__).resolve().parents[2]
-    kernels_dir = root / "kernels"
-    if (root / "setup.py").is_file() and (kernels_dir / "__init__.py").is_file():
-        spec = importlib.util.spec_from_file_location(
-            "rubricrl.kernels", kernels_dir / "__init__.py", submodule_search_locations=[str(kernels_dir)]
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["rubricrl.kernels"] = module
-        spec.loader.exec_module(module)
-        return module
-    return importlib.import_module("rubricrl.kernels")
-
-
 def _triton_language_interpreted() -> bool:
     """Whether the imported triton decorated its own language functions for the interpreter."""
     from triton.runtime.interpreter import InterpretedFunction
@@ -91,7 +73,7 @@ def _triton_language_interpreted() -> bool:
 
 
 def triton_kernels(on_cpu: bool) -> ModuleType:
-    """The Triton kernel package, set up for the interpreter when ``on_cpu``.
+    """The Triton kernel package ``rubricrl.ops._triton``, set up for the interpreter when ``on_cpu``.
 
     Triton picks interpreter-or-compiler for every ``@triton.jit`` function when it
     is decorated, its own ``tl.max`` & co. included, i.e. when triton is imported.
@@ -107,16 +89,16 @@ def triton_kernels(on_cpu: bool) -> ModuleType:
                 "imported in this process without it; set TRITON_INTERPRET=1 before anything "
                 "imports triton"
             )
-    return _load_source_kernels()
+    return importlib.import_module("rubricrl.ops._triton")
 
 
-def _unavailable_reason(name: str, device: torch.device, op: str, has_cuda_kernel: bool) -> str:
+def _unavailable_reason(name: str, device: torch.device, op: str) -> str:
     if name == "cpp":
         if device.type != "cpu":
             return f"backend 'cpp' runs on CPU tensors, got {device.type} tensors"
         return _extension()[1]
     if name == "cuda":
-        if not has_cuda_kernel:
+        if op not in CUDA_CPP_OPS:
             return f"op {op} has no CUDA C++ kernel (use 'triton' on GPUs)"
         if device.type != "cuda":
             return f"backend 'cuda' runs on CUDA tensors, got {device.type} tensors"
@@ -131,7 +113,16 @@ def _unavailable_reason(name: str, device: torch.device, op: str, has_cuda_kerne
     return ""
 
 
-def resolve(op: str, device: torch.device, backend: str | None = None, *, has_cuda_kernel: bool = False) -> str:
+def native(device: torch.device, op: str) -> str:
+    """The backend of the op's own kernel for tensors on ``device`` (what the dispatcher runs)."""
+    if device.type == "cuda":
+        return "cuda" if op in CUDA_CPP_OPS and extension_has_cuda() else "triton"
+    if device.type == "cpu":
+        return "cpp" if extension_available() else "torch"
+    return ""
+
+
+def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
     """Returns the backend name that runs ``op`` on tensors of ``device``.
 
     Raises ValueError for an unknown name and BackendUnavailableError when the
@@ -142,14 +133,8 @@ def resolve(op: str, device: torch.device, backend: str | None = None, *, has_cu
         if requested not in BACKENDS:
             source = "backend" if backend is not None else ENV_VAR
             raise ValueError(f"{source}={requested!r} is not one of {BACKENDS}")
-        reason = _unavailable_reason(requested, device, op, has_cuda_kernel)
+        reason = _unavailable_reason(requested, device, op)
         if reason:
             raise BackendUnavailableError(f"{op}: cannot use backend {requested!r}: {reason}")
         return requested
-    if device.type == "cuda":
-        if has_cuda_kernel and extension_has_cuda():
-            return "cuda"
-        return "triton"
-    if device.type == "cpu" and extension_available():
-        return "cpp"
-    return "torch"
+    return native(device, op) or "torch"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
+import warnings
+
 import torch
 
 
@@ -34,17 +37,38 @@ def require_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be > 0, got {value}")
 
 
-def check_targets_in_range(targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
-    """Every target is in [0, vocab) or equals ignore_index (skipped under torch.compile)."""
-    if compiling() or targets.numel() == 0:
+def check_index_range(
+    name: str,
+    t: torch.Tensor,
+    bound: int,
+    *,
+    bound_name: str | None = None,
+    skip: torch.Tensor | None = None,
+    skip_note: str = "",
+) -> None:
+    """Every entry of the integer tensor ``t`` is in ``[0, bound)``, except where ``skip`` is True.
+
+    The one range check of the ops (token ids, span indices). The error names the first
+    bad entry, e.g. ``targets[1, 2] = 11 is outside [0, V=11)``; ``skip_note`` says which
+    entries are exempt. Skipped under torch.compile (it reads data: a host sync).
+    """
+    if compiling() or t.numel() == 0:
         return
-    bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
+    bad = (t < 0) | (t >= bound)
+    if skip is not None:
+        bad &= ~skip
     if bool(bad.any()):
         idx = tuple(int(i) for i in bad.nonzero()[0])
+        limit = f"{bound_name}={bound}" if bound_name else f"{bound}"
         raise ValueError(
-            f"targets{list(idx)} = {int(targets[idx])} is outside [0, {vocab}) and is not "
-            f"ignore_index={ignore_index} (targets shape {tuple(targets.shape)})"
+            f"{name}{list(idx)} = {int(t[idx])} is outside [0, {limit}){skip_note} ({name} shape {tuple(t.shape)})"
         )
+
+
+def check_targets_in_range(targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    """Every target is in [0, vocab) or equals ignore_index (skipped under torch.compile)."""
+    check_index_range("targets", targets, vocab, skip=targets == ignore_index,
+                      skip_note=f" and is not ignore_index={ignore_index}")
 
 
 def same_device(**tensors: torch.Tensor | None) -> torch.device:
@@ -57,10 +81,8 @@ def same_device(**tensors: torch.Tensor | None) -> torch.device:
     return first
 
 
-def check_output_projection(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk_size: int | None
-) -> None:
-    """hidden ``[..., H]``, weight ``[V, H]``, bias ``[V]`` or None, chunk_size > 0 or None."""
+def check_output_projection(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """hidden ``[..., H]``, weight ``[V, H]``, bias ``[V]`` or None: the operands of every fused linear op."""
     require_floating("hidden", hidden)
     require_floating("weight", weight)
     if weight.dim() != 2:
@@ -74,5 +96,21 @@ def check_output_projection(
         require_floating("bias", bias)
         if tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"bias must be [V] = [{weight.shape[0]}], got {tuple(bias.shape)}")
-    if chunk_size is not None and chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive number of vocabulary columns, got {chunk_size}")
+
+
+def chunk_option(name: str, value: int | None, unit: str, deprecated: int | None = None) -> int:
+    """A chunk option (``vocab_chunk``: vocabulary columns, ``token_chunk``: token rows) as the ops'
+    ``int`` (0: the default budget). ``deprecated`` is the old ``chunk_size`` keyword, still
+    accepted with a DeprecationWarning (it meant columns for some ops and rows for another)."""
+    if deprecated is not None:
+        if value is not None:
+            raise ValueError(f"pass {name} only (chunk_size is its deprecated name), got both")
+        if not compiling():  # warned in eager; a warning inside a traced function would break the graph
+            warnings.warn(f"chunk_size is deprecated: use {name} ({unit} per chunk)", DeprecationWarning,
+                          stacklevel=3)
+        name, value = "chunk_size", deprecated
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of {unit}, got {value!r}")
+    return int(value)

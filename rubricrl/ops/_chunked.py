@@ -17,7 +17,7 @@ from typing import Iterator, Protocol
 
 import torch
 
-DEFAULT_CHUNK_ELEMS = 1 << 23  # logits per chunk when the caller does not choose: 32 MiB of fp32
+from .constants import DEFAULT_TOKEN_CHUNK_ELEMS, DEFAULT_VOCAB_CHUNK_ELEMS, MIN_VOCAB_CHUNK_COLS, TOKEN_CHUNK_ALIGN
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -27,8 +27,8 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 def chunk_columns(n: int, vocab: int, chunk_size: int | None) -> int:
     """Vocabulary columns per chunk (mirrors ``vocab_chunk_columns`` in C++)."""
-    cols = chunk_size if chunk_size else DEFAULT_CHUNK_ELEMS // max(n, 1)
-    return min(max(cols, 64), vocab)
+    cols = chunk_size if chunk_size else DEFAULT_VOCAB_CHUNK_ELEMS // max(n, 1)
+    return min(max(cols, MIN_VOCAB_CHUNK_COLS), vocab)
 
 
 @dataclass
@@ -191,13 +191,12 @@ def token_bwd(epi: Epilogue, g_lp, g_ent, logits, targets, lse, entropy, tempera
 
 # --- token-chunked loop (fused linear + per-token loss, forward and backward in one pass) ---
 
-DEFAULT_TOKEN_CHUNK_ELEMS = 80_000_000  # fp32 logits per token chunk: 320 MB, 512 rows at V = 151936
-
 
 def token_chunk_rows(n: int, vocab: int, chunk_size: int | None) -> int:
     """Token rows per chunk (mirrors ``token_chunk_rows`` in csrc/cpu/grpo.cpp): the caller's
-    ``chunk_size``, else what keeps ``[rows, V]`` fp32 near the default budget, a multiple of 16."""
-    rows = chunk_size if chunk_size else max(16, DEFAULT_TOKEN_CHUNK_ELEMS // max(vocab, 1) // 16 * 16)
+    ``chunk_size``, else what keeps ``[rows, V]`` fp32 near the default budget, a multiple of TOKEN_CHUNK_ALIGN."""
+    align = TOKEN_CHUNK_ALIGN
+    rows = chunk_size if chunk_size else max(align, DEFAULT_TOKEN_CHUNK_ELEMS // max(vocab, 1) // align * align)
     return max(1, min(rows, n))
 
 

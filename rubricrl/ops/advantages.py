@@ -15,9 +15,7 @@ import torch
 
 from . import _backend
 from ._checks import require_floating, require_integer, same_device
-from ._impl import implementation, preload
-
-preload("advantages")
+from ._library import call
 
 
 def group_advantages(
@@ -52,7 +50,6 @@ def group_advantages(
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
         raise ValueError(f"eps must be a real number >= 0, got {eps!r}")
     device = same_device(scores=scores, group_index=group_index)
-    name = _backend.resolve("group_advantages", device, backend, has_cuda_kernel=True)
-    impl = implementation(name, "advantages", device)
-    with torch.no_grad():
-        return impl.group_advantages(scores.detach(), group_index.long().contiguous(), bool(norm_by_std), float(eps))
+    name = _backend.resolve("group_advantages", device, backend)
+    return call("group_advantages", name, device, scores.detach(), group_index.long().contiguous(),
+                bool(norm_by_std), float(eps))

@@ -26,72 +26,43 @@ Conventions shared by every backend (see docs/grpo.md):
 
 from __future__ import annotations
 
-import numbers
-from typing import NamedTuple
-
 import torch
 
 from . import _backend
-from ._checks import compiling, require_floating, require_integer, require_positive, same_device
-from ._impl import implementation, preload
+from ._checks import (
+    check_index_range,
+    check_output_projection,
+    chunk_option,
+    compiling,
+    require_floating,
+    require_integer,
+    require_positive,
+    same_device,
+)
+from ._library import call
+from ._options import GrpoOptions, grpo_options
+from .constants import GRPO_METRICS, KL_TYPES, LOSS_AGG_MODES
 
-preload("grpo")
-
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-KL_TYPES = ("k1", "k2", "k3")
-METRIC_NAMES = ("clipfrac", "clipfrac_lower", "approx_kl", "entropy", "kl")  # order of the backends' metrics tensor
-
-
-class GrpoOptions(NamedTuple):
-    """The scalar options of the loss, validated; passed as one value to every backend."""
-
-    eps_low: float
-    eps_high: float
-    clip_c: float | None
-    loss_agg: str
-    kl_coef: float
-    kl_type: str
-    entropy_coef: float
-    agg_norm: float | torch.Tensor | None
-    horizon: int | None
+METRIC_NAMES = GRPO_METRICS  # order of the ops' metrics tensor (rubricrl.ops.constants)
+__all__ = ["grpo_loss", "fused_linear_grpo_loss", "GrpoOptions", "LOSS_AGG_MODES", "KL_TYPES", "METRIC_NAMES"]
 
 
 def _options(eps_low, eps_high, clip_c, loss_agg, kl_coef, kl_type, entropy_coef, agg_norm, horizon, has_ref):
-    def real(name, value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
-            raise ValueError(f"{name} must be a real number, got {value!r}")
-        return float(value)
+    return grpo_options(eps_low, eps_high, clip_c, loss_agg, kl_coef, kl_type, entropy_coef, agg_norm, horizon,
+                        has_ref=has_ref)
 
-    eps_low, eps_high = real("eps_low", eps_low), real("eps_high", eps_high)
-    if not 0.0 <= eps_low < 1.0:
-        raise ValueError(f"eps_low must be in [0, 1), got {eps_low}")
-    if eps_high < 0.0:
-        raise ValueError(f"eps_high must be >= 0, got {eps_high}")
-    if clip_c is not None:
-        clip_c = real("clip_c", clip_c)
-        if not clip_c > 1.0:
-            raise ValueError(f"clip_c (dual clip) must be > 1, got {clip_c}")
-    if loss_agg not in LOSS_AGG_MODES:
-        raise ValueError(f"loss_agg must be one of {LOSS_AGG_MODES}, got {loss_agg!r}")
-    if kl_type not in KL_TYPES:
-        raise ValueError(f"kl_type must be one of {KL_TYPES}, got {kl_type!r}")
-    kl_coef, entropy_coef = real("kl_coef", kl_coef), real("entropy_coef", entropy_coef)
-    if kl_coef < 0.0:
-        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
-    if kl_coef > 0.0 and not has_ref:
-        raise ValueError(f"kl_coef={kl_coef} > 0 needs ref_logprobs")
-    if agg_norm is not None:
-        if isinstance(agg_norm, torch.Tensor):
-            if agg_norm.numel() != 1:
-                raise ValueError(f"agg_norm must be a scalar, got a tensor of shape {tuple(agg_norm.shape)}")
-        else:
-            agg_norm = real("agg_norm", agg_norm)
-            require_positive("agg_norm", agg_norm)
-    if horizon is not None:
-        if isinstance(horizon, bool) or not isinstance(horizon, numbers.Integral) or horizon <= 0:
-            raise ValueError(f"horizon must be a positive int, got {horizon!r}")
-        horizon = int(horizon)
-    return GrpoOptions(eps_low, eps_high, clip_c, loss_agg, kl_coef, kl_type, entropy_coef, agg_norm, horizon)
+
+def _agg_norm_tensor(agg_norm: float | torch.Tensor | None) -> torch.Tensor | None:
+    """agg_norm as the ops take it: a scalar tensor (a traced caller's device value needs no host read)."""
+    if agg_norm is None or isinstance(agg_norm, torch.Tensor):
+        return agg_norm.reshape(()) if agg_norm is not None else None
+    return torch.tensor(float(agg_norm), dtype=torch.float64)
+
+
+def _option_args(opts: GrpoOptions) -> tuple:
+    """The options in the ops' schema order (eps_low .. horizon)."""
+    return (opts.eps_low, opts.eps_high, opts.clip_c, opts.loss_agg, opts.kl_coef, opts.kl_type,
+            opts.entropy_coef, _agg_norm_tensor(opts.agg_norm), opts.horizon)
 
 
 def _check_mask(mask: torch.Tensor) -> None:
@@ -128,33 +99,12 @@ def _check_advantages(advantages: torch.Tensor, shape: tuple) -> torch.Tensor:
 
 
 def _metrics_dict(metrics: torch.Tensor, has_entropy: bool, has_ref: bool) -> dict[str, torch.Tensor]:
-    out = {name: metrics[i] for i, name in enumerate(METRIC_NAMES[:3])}
+    out = {name: metrics[GRPO_METRICS.index(name)] for name in ("clipfrac", "clipfrac_lower", "approx_kl")}
     if has_entropy:
-        out["entropy"] = metrics[3]
+        out["entropy"] = metrics[GRPO_METRICS.index("entropy")]
     if has_ref:
-        out["kl"] = metrics[4]
+        out["kl"] = metrics[GRPO_METRICS.index("kl")]
     return out
-
-
-class _GrpoLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logprobs, entropy, old_logprobs, advantages, mask, ref_logprobs, opts, backend):
-        impl = implementation(backend, "grpo", logprobs.device)
-        loss, g_lp, g_ent, metrics = impl.loss_fwd(logprobs, old_logprobs, advantages, mask, ref_logprobs, entropy, opts)
-        ctx.save_for_backward(g_lp, g_ent)
-        ctx.dtypes = (logprobs.dtype, entropy.dtype if entropy is not None else None)
-        ctx.mark_non_differentiable(metrics)
-        return loss, metrics
-
-    @staticmethod
-    def backward(ctx, g_loss, _g_metrics):
-        g_lp, g_ent = ctx.saved_tensors
-        lp_dtype, ent_dtype = ctx.dtypes
-        d_lp = (g_lp * g_loss).to(lp_dtype) if ctx.needs_input_grad[0] else None
-        d_ent = None
-        if ctx.needs_input_grad[1]:
-            d_ent = (g_ent * g_loss).to(ent_dtype) if g_ent is not None else None
-        return d_lp, d_ent, None, None, None, None, None, None
 
 
 def grpo_loss(
@@ -232,37 +182,9 @@ def grpo_loss(
     device = same_device(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask,
                          ref_logprobs=ref_logprobs, entropy=entropy)
     name = _backend.resolve("grpo_loss", device, backend)
-    loss, metrics = _GrpoLoss.apply(logprobs, entropy, old_logprobs, advantages, mask, ref_logprobs, opts, name)
+    loss, _, _, metrics = call("grpo_loss", name, device, logprobs, old_logprobs, advantages, mask, ref_logprobs,
+                               entropy, *_option_args(opts))
     return loss, _metrics_dict(metrics, entropy is not None, ref_logprobs is not None)
-
-
-class _FusedLinearGrpoLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, old_logprobs, advantages, mask, ref_logprobs,
-                temperature, opts, with_entropy, chunk_size, backend, grad_enabled):
-        impl = implementation(backend, "grpo", hidden.device)
-        # needs_input_grad does not see torch.no_grad(): without grad mode no gradient is computed
-        need = [grad_enabled and n for n in ctx.needs_input_grad]
-        needs = (need[0], need[1], bias is not None and need[2])
-        loss, metrics, d_hidden, d_weight, d_bias = impl.linear_fwd(
-            hidden, weight, bias, targets, old_logprobs, advantages, mask, ref_logprobs,
-            temperature, opts, with_entropy, needs, chunk_size,
-        )
-        ctx.save_for_backward(d_hidden if needs[0] else None, d_weight if needs[1] else None,
-                              d_bias if needs[2] else None)
-        ctx.mark_non_differentiable(metrics)
-        return loss, metrics
-
-    @staticmethod
-    def backward(ctx, g_loss, _g_metrics):
-        grads = []
-        for g in ctx.saved_tensors:
-            # The stored gradients are those of the loss itself: scale by the upstream gradient
-            # (skipped for the usual 1.0 on the CPU, where reading it costs no device sync).
-            if g is not None and not (g_loss.device.type == "cpu" and g_loss.item() == 1.0):
-                g = g * g_loss.to(g.dtype)
-            grads.append(g)
-        return (*grads, None, None, None, None, None, None, None, None, None, None, None)
 
 
 def fused_linear_grpo_loss(
@@ -286,13 +208,14 @@ def fused_linear_grpo_loss(
     compute_entropy: bool = False,
     agg_norm: float | torch.Tensor | None = None,
     horizon: int | None = None,
-    chunk_size: int | None = None,
+    token_chunk: int | None = None,
     backend: str | None = None,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """:func:`grpo_loss` of the log-probs of ``softmax((hidden @ weight.T + bias) / temperature)``.
 
     Never materialises ``[N, V]`` logits: tokens are processed in chunks of
-    ``chunk_size`` rows over the whole vocabulary; each chunk's logits buffer
+    ``token_chunk`` rows over the whole vocabulary; each chunk's logits buffer
     becomes its d logits, so the forward also produces d hidden, d weight and d
     bias (3 GEMMs in all). Masked tokens are skipped where the backend can (cpp).
 
@@ -306,25 +229,20 @@ def fused_linear_grpo_loss(
         temperature: sampling temperature (> 0); log-probs are of ``softmax(logits / T)``.
         entropy_coef: entropy bonus, the entropy computed from the logits.
         compute_entropy: also report the ``entropy`` metric when ``entropy_coef == 0``.
-        chunk_size: token rows per chunk; default keeps the fp32 ``[rows, V]`` buffer near
+        token_chunk: token rows per chunk; default keeps the fp32 ``[rows, V]`` buffer near
             320 MB (512 rows at V = 151936).
+        chunk_size: deprecated name of ``token_chunk``.
         Other options: as in :func:`grpo_loss`.
 
     Returns:
         ``(loss, metrics)`` as :func:`grpo_loss` (``entropy`` in metrics when computed,
         ``kl`` when ``ref_logprobs`` is given). Gradients flow to hidden, weight and bias.
     """
-    require_floating("hidden", hidden)
-    require_floating("weight", weight)
+    check_output_projection(hidden, weight, bias)
     require_integer("targets", targets)
     require_positive("temperature", temperature)
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D [V, H], got shape {list(weight.shape)}")
-    if hidden.dim() not in (2, 3) or hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(
-            f"hidden must be [B, T, H] or [N, H] with H = weight.shape[1]: hidden {list(hidden.shape)}, "
-            f"weight {list(weight.shape)}"
-        )
+    if hidden.dim() not in (2, 3):
+        raise ValueError(f"hidden must be [B, T, H] or [N, H], got {list(hidden.shape)}")
     shape = tuple(hidden.shape[:-1])
     if tuple(targets.shape) != shape:
         raise ValueError(f"targets must have shape {list(shape)}, got {list(targets.shape)}")
@@ -332,12 +250,7 @@ def fused_linear_grpo_loss(
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != shape:
         raise ValueError(f"mask must be a tensor of shape {list(shape)}, got {list(getattr(mask, 'shape', []))}")
     advantages = _check_advantages(advantages, shape)
-    if bias is not None:
-        require_floating("bias", bias)
-        if tuple(bias.shape) != (weight.shape[0],):
-            raise ValueError(f"bias must be [V] = [{weight.shape[0]}], got {list(bias.shape)}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) <= 0):
-        raise ValueError(f"chunk_size must be a positive number of token rows, got {chunk_size}")
+    token_chunk = chunk_option("token_chunk", token_chunk, "token rows", chunk_size)
     opts = _options(eps_low, eps_high, clip_c, loss_agg, kl_coef, kl_type, entropy_coef, agg_norm, horizon,
                     ref_logprobs is not None)
     if len(shape) == 1 and loss_agg != "token-mean":
@@ -345,22 +258,20 @@ def fused_linear_grpo_loss(
     _check_mask(mask)
     device = same_device(hidden=hidden, weight=weight, targets=targets, old_logprobs=old_logprobs,
                          advantages=advantages, mask=mask, ref_logprobs=ref_logprobs, bias=bias)
-    vocab = weight.shape[0]
-    if not compiling() and targets.numel() > 0:
-        bad = (mask != 0) & ((targets < 0) | (targets >= vocab))
-        if bool(bad.any()):
-            idx = tuple(int(i) for i in bad.nonzero()[0])
-            raise ValueError(f"targets{list(idx)} = {int(targets[idx])} is outside [0, {vocab}) at a valid token")
+    check_index_range("targets", targets, weight.shape[0], skip=mask == 0, skip_note=" at a valid token")
     name = _backend.resolve("fused_linear_grpo_loss", device, backend)
     if len(shape) == 1:  # one row of N tokens
         shape = (1, shape[0])
         advantages = advantages.reshape(shape)
     view = lambda t: t.reshape(shape) if t is not None else None  # noqa: E731
     with_entropy = bool(compute_entropy) or opts.entropy_coef != 0.0
-    loss, metrics = _FusedLinearGrpoLoss.apply(
-        hidden.reshape(-1, hidden.shape[-1]), weight, bias, targets.reshape(-1).long().contiguous(),
-        view(old_logprobs), advantages, view(mask), view(ref_logprobs),
-        float(temperature), opts, with_entropy, int(chunk_size) if chunk_size else None, name,
-        torch.is_grad_enabled(),
+    # which gradients the forward computes: those autograd will ask for
+    grad = torch.is_grad_enabled()
+    needs = (grad and hidden.requires_grad, grad and weight.requires_grad,
+             grad and bias is not None and bias.requires_grad)
+    loss, metrics, *_ = call(
+        "fused_linear_grpo_loss", name, device, hidden.reshape(-1, hidden.shape[-1]), weight, bias,
+        targets.reshape(-1).long().contiguous(), view(old_logprobs), advantages, view(mask), view(ref_logprobs),
+        float(temperature), *_option_args(opts), with_entropy, *needs, token_chunk,
     )
     return loss, _metrics_dict(metrics, with_entropy, ref_logprobs is not None)

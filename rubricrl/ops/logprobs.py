@@ -15,14 +15,13 @@ from . import _backend
 from ._checks import (
     check_output_projection,
     check_targets_in_range,
+    chunk_option,
     require_floating,
     require_integer,
     require_positive,
     same_device,
 )
-from ._impl import implementation, preload
-
-preload("logprobs")
+from ._library import call
 
 
 def _prepare_targets(targets: torch.Tensor, vocab: int, ignore_index: int) -> torch.Tensor:
@@ -30,54 +29,6 @@ def _prepare_targets(targets: torch.Tensor, vocab: int, ignore_index: int) -> to
     check_targets_in_range(targets, vocab, ignore_index)
     flat = targets.reshape(-1).long()
     return torch.where(flat == ignore_index, torch.full_like(flat, -1), flat).contiguous()
-
-
-class _TokenLogprobs(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, targets, temperature, with_entropy, backend):
-        impl = implementation(backend, "logprobs", logits.device)
-        logprobs, entropy, lse = impl.token_fwd(logits, targets, temperature, with_entropy)
-        ctx.save_for_backward(logits, targets, lse, entropy)
-        ctx.config = (temperature, with_entropy, backend)
-        ctx.set_materialize_grads(False)
-        return logprobs, entropy
-
-    @staticmethod
-    def backward(ctx, g_lp, g_ent):
-        logits, targets, lse, entropy = ctx.saved_tensors
-        temperature, with_entropy, backend = ctx.config
-        if g_lp is None and g_ent is None:
-            return None, None, None, None, None
-        if g_lp is None:
-            g_lp = torch.zeros_like(lse)
-        impl = implementation(backend, "logprobs", logits.device)
-        d_logits = impl.token_bwd(g_lp, g_ent if with_entropy else None, logits, targets, lse, entropy, temperature)
-        return d_logits, None, None, None, None
-
-
-class _LinearLogprobs(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, with_entropy, chunk_size, backend):
-        impl = implementation(backend, "logprobs", hidden.device)
-        logprobs, entropy, lse = impl.linear_fwd(hidden, weight, bias, targets, temperature, with_entropy, chunk_size)
-        ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
-        ctx.config = (temperature, with_entropy, chunk_size, backend)
-        ctx.set_materialize_grads(False)
-        return logprobs, entropy
-
-    @staticmethod
-    def backward(ctx, g_lp, g_ent):
-        hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
-        temperature, with_entropy, chunk_size, backend = ctx.config
-        if g_lp is None and g_ent is None:
-            return (None,) * 8
-        if g_lp is None:
-            g_lp = torch.zeros_like(lse)
-        impl = implementation(backend, "logprobs", hidden.device)
-        d_hidden, d_weight, d_bias = impl.linear_bwd(
-            g_lp, g_ent if with_entropy else None, hidden, weight, bias, targets, lse, entropy, temperature, chunk_size
-        )
-        return d_hidden, d_weight, d_bias, None, None, None, None, None
 
 
 def token_logprobs(
@@ -114,8 +65,9 @@ def token_logprobs(
     vocab = logits.shape[-1]
     name = _backend.resolve("token_logprobs", device, backend)
     flat_targets = _prepare_targets(targets, vocab, ignore_index)
-    logprobs, entropy = _TokenLogprobs.apply(
-        logits.reshape(-1, vocab), flat_targets, float(temperature), bool(return_entropy), name
+    logprobs, entropy, _ = call(
+        "token_logprobs", name, device, logits.reshape(-1, vocab), flat_targets, float(temperature),
+        bool(return_entropy),
     )
     logprobs = logprobs.view(targets.shape)
     return (logprobs, entropy.view(targets.shape)) if return_entropy else logprobs
@@ -130,8 +82,9 @@ def fused_linear_logprobs(
     temperature: float = 1.0,
     return_entropy: bool = False,
     ignore_index: int = -100,
-    chunk_size: int | None = None,
+    vocab_chunk: int | None = None,
     backend: str | None = None,
+    chunk_size: int | None = None,
 ):
     """log p(target) of ``softmax((hidden @ weight.T + bias) / temperature)`` without ``[N, V]`` logits.
 
@@ -141,14 +94,16 @@ def fused_linear_logprobs(
         targets: integer ``[...]`` = ``hidden.shape[:-1]``; ``ignore_index`` positions give 0
             and no gradient.
         bias: optional ``[V]``.
-        chunk_size: vocabulary columns per chunk; default keeps a chunk at 8M fp32 logits (32 MiB).
+        vocab_chunk: vocabulary columns per chunk; default keeps a chunk at 8M fp32 logits (32 MiB).
+        chunk_size: deprecated name of ``vocab_chunk``.
         backend: ``torch``, ``cpp`` or ``triton``; default: see :mod:`rubricrl.ops._backend`.
 
     Returns:
         fp32 ``[...]`` log-probs (and entropies with ``return_entropy``). Gradients flow to
         hidden, weight and bias in their own dtypes.
     """
-    check_output_projection(hidden, weight, bias, chunk_size)
+    check_output_projection(hidden, weight, bias)
+    vocab_chunk = chunk_option("vocab_chunk", vocab_chunk, "vocabulary columns", chunk_size)
     require_integer("targets", targets)
     require_positive("temperature", temperature)
     if tuple(hidden.shape[:-1]) != tuple(targets.shape):
@@ -159,15 +114,9 @@ def fused_linear_logprobs(
     vocab = weight.shape[0]
     name = _backend.resolve("fused_linear_logprobs", device, backend)
     flat_targets = _prepare_targets(targets, vocab, ignore_index)
-    logprobs, entropy = _LinearLogprobs.apply(
-        hidden.reshape(-1, hidden.shape[-1]),
-        weight,
-        bias,
-        flat_targets,
-        float(temperature),
-        bool(return_entropy),
-        chunk_size,
-        name,
+    logprobs, entropy, _ = call(
+        "fused_linear_logprobs", name, device, hidden.reshape(-1, hidden.shape[-1]), weight, bias, flat_targets,
+        float(temperature), bool(return_entropy), vocab_chunk,
     )
     logprobs = logprobs.view(targets.shape)
     return (logprobs, entropy.view(targets.shape)) if return_entropy else logprobs

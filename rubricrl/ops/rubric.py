@@ -13,33 +13,7 @@ import torch
 
 from . import _backend
 from ._checks import compiling, require_floating, require_integer, same_device
-from ._impl import implementation, preload
-
-preload("rubric")
-
-
-class _RubricScores(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, met, points, offsets, clip, backend):
-        impl = implementation(backend, "rubric", met.device)
-        scores, raw, den = impl.rubric_fwd(met, points, offsets, clip)
-        ctx.save_for_backward(points, offsets, raw, den)
-        ctx.config = (clip, backend, met.dtype)
-        return scores
-
-    @staticmethod
-    def backward(ctx, g_scores):
-        points, offsets, raw, den = ctx.saved_tensors
-        clip, backend, met_dtype = ctx.config
-        # d score_r / d met_i = p_i / den_r where the clip is inactive (torch.clamp's
-        # convention: the bounds themselves pass the gradient). A response without
-        # positive points has an undefined (NaN) score and sends no gradient.
-        inside = (raw >= 0) & (raw <= 1) if clip else torch.ones_like(raw, dtype=torch.bool)
-        ok = inside & (den > 0)
-        coef = torch.where(ok, g_scores.float() / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
-        impl = implementation(backend, "rubric", points.device)
-        d_met = impl.rubric_bwd(coef.contiguous(), points, offsets)
-        return d_met.to(met_dtype), None, None, None, None
+from ._library import call
 
 
 def _check_offsets(item_offsets: torch.Tensor, num_items: int) -> None:
@@ -128,4 +102,4 @@ def rubric_scores(
     num_responses = offsets.shape[0] - 1
     if num_responses == 0:
         return torch.empty(0, dtype=torch.float32, device=device)
-    return _RubricScores.apply(met.contiguous(), points.contiguous(), offsets, bool(clip), name)
+    return call("rubric_scores", name, device, met.contiguous(), points.contiguous(), offsets, bool(clip))[0]

@@ -13,26 +13,15 @@ from __future__ import annotations
 import torch
 
 from . import _backend
-from ._checks import compiling, require_floating, require_integer, require_positive, same_device
-from ._impl import implementation, preload
-
-preload("span")
-
-
-def _check_index(name: str, t: torch.Tensor, bound: int, bound_name: str) -> None:
-    """Every entry of ``t`` in [0, bound) (skipped under torch.compile).
-
-    There is no ignore_index: the caller passes span positions only, so every
-    target is a real token and every position belongs to a span.
-    """
-    if compiling() or t.numel() == 0:
-        return
-    bad = (t < 0) | (t >= bound)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"{name}[{i}] = {int(t[i])} is outside [0, {bound_name}={bound}) ({name} shape {tuple(t.shape)})"
-        )
+from ._checks import (
+    check_index_range,
+    check_output_projection,
+    chunk_option,
+    require_integer,
+    require_positive,
+    same_device,
+)
+from ._library import call
 
 
 @torch.no_grad()
@@ -45,8 +34,9 @@ def span_mean_prob(
     *,
     temperature: float = 1.0,
     bias: torch.Tensor | None = None,
-    chunk_size: int | None = None,
+    vocab_chunk: int | None = None,
     backend: str | None = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Mean probability of the span tokens, per span: ``mean_{t in span s} p(target_t)``.
 
@@ -62,7 +52,8 @@ def span_mean_prob(
         num_spans: number of spans S >= 0.
         temperature: T > 0 (RLPR scores at the rollout temperature).
         bias: optional ``[V]``.
-        chunk_size: vocabulary columns per chunk; default keeps a chunk at 8M fp32 logits.
+        vocab_chunk: vocabulary columns per chunk; default keeps a chunk at 8M fp32 logits.
+        chunk_size: deprecated name of ``vocab_chunk``.
         backend: ``torch``, ``cpp`` or ``triton``; default: see :mod:`rubricrl.ops._backend`.
 
     Returns:
@@ -73,45 +64,30 @@ def span_mean_prob(
         ValueError: bad shapes/dtypes, a target outside [0, V), a span index outside
             [0, num_spans), num_spans < 0, temperature <= 0.
     """
-    require_floating("hidden", hidden)
-    require_floating("weight", weight)
+    check_output_projection(hidden, weight, bias)
     require_integer("targets", targets)
     require_integer("span_index", span_index)
     require_positive("temperature", temperature)
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D [V, H], got shape {tuple(weight.shape)}")
-    if hidden.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"hidden must be [M, H] with weight's H: hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}"
-        )
+    if hidden.dim() != 2:
+        raise ValueError(f"hidden must be [M, H], got {tuple(hidden.shape)}")
     m = hidden.shape[0]
     if tuple(targets.shape) != (m,) or tuple(span_index.shape) != (m,):
         raise ValueError(
             f"targets and span_index must be [M] = [{m}] (hidden {tuple(hidden.shape)}): "
             f"targets {tuple(targets.shape)}, span_index {tuple(span_index.shape)}"
         )
-    if bias is not None:
-        require_floating("bias", bias)
-        if tuple(bias.shape) != (weight.shape[0],):
-            raise ValueError(f"bias must be [V] = [{weight.shape[0]}], got {tuple(bias.shape)}")
     if isinstance(num_spans, bool) or not isinstance(num_spans, int) or num_spans < 0:
         raise ValueError(f"num_spans must be an int >= 0, got {num_spans!r}")
-    if chunk_size is not None and chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive number of vocabulary columns, got {chunk_size}")
+    vocab_chunk = chunk_option("vocab_chunk", vocab_chunk, "vocabulary columns", chunk_size)
     device = same_device(hidden=hidden, weight=weight, targets=targets, span_index=span_index, bias=bias)
-    _check_index("targets", targets, weight.shape[0], "V")
-    _check_index("span_index", span_index, num_spans, "num_spans")
+    # no ignore_index: the caller passes span positions only, so every target is a real
+    # token and every position belongs to a span
+    check_index_range("targets", targets, weight.shape[0], bound_name="V")
+    check_index_range("span_index", span_index, num_spans, bound_name="num_spans")
     name = _backend.resolve("span_mean_prob", device, backend)
     if m == 0:
         return torch.full((num_spans,), float("nan"), dtype=torch.float32, device=device)
-    impl = implementation(name, "span", device)
-    return impl.span_fwd(
-        hidden,
-        weight,
-        bias,
-        targets.long().contiguous(),
-        span_index.long().contiguous(),
-        num_spans,
-        float(temperature),
-        chunk_size,
+    return call(
+        "span_mean_prob", name, device, hidden, weight, bias, targets.long().contiguous(),
+        span_index.long().contiguous(), num_spans, float(temperature), vocab_chunk,
     )

@@ -15,56 +15,17 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _backend, _chunked
-from ._checks import check_output_projection, compiling, require_integer, require_positive, same_device
-from ._impl import implementation, preload
-
-preload("verdict")
-
-
-class _VerdictProbs(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, yes_ids, no_ids, temperature, with_mass, chunk_size, backend):
-        impl = implementation(backend, "verdict", hidden.device)
-        p_met, mass = impl.verdict_fwd(hidden, weight, bias, yes_ids, no_ids, temperature, with_mass, chunk_size)
-        ctx.save_for_backward(hidden, weight, bias, yes_ids, no_ids, p_met)
-        ctx.temperature = temperature
-        ctx.mark_non_differentiable(mass)
-        ctx.set_materialize_grads(False)
-        return p_met, mass
-
-    @staticmethod
-    def backward(ctx, g_p, _g_mass):
-        """Gradient of p(met) only (the mass is a diagnostic and is not differentiated).
-
-        The backward is ``K = Ky + Kn`` columns wide for any backend, so it is written
-        once with torch ops: with q = softmax(z) over yes ∪ no and q^Y over yes only,
-        ``dp/dz_j = p * (1[j in yes] q^Y_j - q_j)`` and ``dz/dlogit = 1/T``.
-        """
-        hidden, weight, bias, yes_ids, no_ids, p_met = ctx.saved_tensors
-        if g_p is None:
-            return (None,) * 9
-        inv_t = 1.0 / ctx.temperature
-        ids = torch.cat([yes_ids, no_ids])
-        k_yes = yes_ids.shape[0]
-        h32 = hidden.float()
-        w_v = weight.index_select(0, ids).float()
-        z = _chunked.gathered_logits(h32, weight, bias, ids) * inv_t
-        q_all = torch.softmax(z, dim=-1)
-        q_yes = torch.nn.functional.pad(torch.softmax(z[:, :k_yes], dim=-1), (0, ids.shape[0] - k_yes))
-        d_logits = (g_p.float() * p_met)[:, None] * (q_yes - q_all) * inv_t  # [N, K]
-        d_hidden = d_weight = d_bias = None
-        if ctx.needs_input_grad[0]:
-            d_hidden = (d_logits @ w_v).to(hidden.dtype)
-        if ctx.needs_input_grad[1]:
-            d_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-            d_weight.index_add_(0, ids, d_logits.t() @ h32)
-            d_weight = d_weight.to(weight.dtype)
-        if bias is not None and ctx.needs_input_grad[2]:
-            d_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
-            d_bias.index_add_(0, ids, d_logits.sum(0))
-            d_bias = d_bias.to(bias.dtype)
-        return d_hidden, d_weight, d_bias, None, None, None, None, None, None
+from . import _backend
+from ._checks import (
+    check_index_range,
+    check_output_projection,
+    chunk_option,
+    compiling,
+    require_integer,
+    require_positive,
+    same_device,
+)
+from ._library import call
 
 
 def _as_ids(name: str, ids, device: torch.device) -> torch.Tensor:
@@ -81,10 +42,7 @@ def _check_ids(yes_ids: torch.Tensor, no_ids: torch.Tensor, vocab: int) -> None:
     if compiling():
         return
     for name, ids in (("yes_ids", yes_ids), ("no_ids", no_ids)):
-        bad = (ids < 0) | (ids >= vocab)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(f"{name}[{i}] = {int(ids[i])} is outside [0, {vocab}) (weight has V = {vocab} rows)")
+        check_index_range(name, ids, vocab)
         uniq, counts = torch.unique(ids, return_counts=True)
         if bool((counts > 1).any()):
             raise ValueError(f"{name} repeats token id(s) {uniq[counts > 1].tolist()}; each id must appear once")
@@ -102,8 +60,9 @@ def verdict_probs(
     temperature: float = 1.0,
     return_mass: bool = False,
     bias: torch.Tensor | None = None,
-    chunk_size: int | None = None,
+    vocab_chunk: int | None = None,
     backend: str | None = None,
+    chunk_size: int | None = None,
 ):
     """p(met) of a judge verdict from the hidden state at the verdict position.
 
@@ -121,8 +80,9 @@ def verdict_probs(
         return_mass: also return the verdict mass ``sum_{y in yes ∪ no} softmax(l/T)_y`` under
             the full-vocabulary softmax (one extra chunked pass over V, forward only).
         bias: optional ``[V]``.
-        chunk_size: vocabulary columns per chunk of the mass pass; default keeps a chunk at
+        vocab_chunk: vocabulary columns per chunk of the mass pass; default keeps a chunk at
             8M fp32 logits.
+        chunk_size: deprecated name of ``vocab_chunk``.
         backend: ``torch``, ``cpp`` or ``triton``; default: see :mod:`rubricrl.ops._backend`.
 
     Returns:
@@ -134,7 +94,8 @@ def verdict_probs(
         ValueError: bad shapes/dtypes, empty, repeated, overlapping or out-of-range ids,
             temperature <= 0.
     """
-    check_output_projection(hidden, weight, bias, chunk_size)
+    check_output_projection(hidden, weight, bias)
+    vocab_chunk = chunk_option("vocab_chunk", vocab_chunk, "vocabulary columns", chunk_size)
     require_positive("temperature", temperature)
     yes = _as_ids("yes_ids", yes_ids, hidden.device)
     no = _as_ids("no_ids", no_ids, hidden.device)
@@ -147,16 +108,9 @@ def verdict_probs(
     if flat.shape[0] == 0:
         empty = torch.empty(lead, dtype=torch.float32, device=device)
         return (empty, empty.clone()) if return_mass else empty
-    p_met, mass = _VerdictProbs.apply(
-        flat,
-        weight,
-        bias,
-        yes.long().contiguous(),
-        no.long().contiguous(),
-        float(temperature),
-        bool(return_mass),
-        chunk_size,
-        name,
+    p_met, mass = call(
+        "verdict_probs", name, device, flat, weight, bias, yes.long().contiguous(), no.long().contiguous(),
+        float(temperature), bool(return_mass), vocab_chunk,
     )
     p_met = p_met.view(lead)
     return (p_met, mass.view(lead)) if return_mass else p_met

@@ -221,7 +221,7 @@ class ActorUpdater:
             compute_entropy=True,
             agg_norm=agg_norm,
             horizon=self.horizon,
-            chunk_size=c.chunk_size,
+            token_chunk=c.chunk_size,
             backend=c.backend,
         )
 

@@ -1,7 +1,7 @@
 """Plain-PyTorch backend of the GRPO loss ops: the definition of truth, readable.
 
 Every backend follows the same three steps (the C++ one in csrc/cpu/grpo.cpp,
-the Triton one in kernels/grpo.py, which reuses this module's glue):
+the Triton one in rubricrl/ops/_triton/grpo.py, which reuses this module's glue):
 
 1. :func:`prepare_tokens`: flatten to ``[N]`` tokens and give each its
    aggregation weight ``w`` (0 on masked tokens), so that ``loss = sum(w * x)``
@@ -9,7 +9,7 @@ the Triton one in kernels/grpo.py, which reuses this module's glue):
 2. :func:`token_terms`: the per-token loss ``x`` and its derivative, giving
    ``g_lp = w * dx/dlp`` (and ``g_ent``), plus the sums behind the metrics;
 3. :func:`finish`: the loss and the fp32 metrics vector (order of
-   ``rubricrl.ops.grpo.METRIC_NAMES``).
+   ``rubricrl.ops.constants.GRPO_METRICS``).
 
 Derivatives follow autograd's conventions at the kinks: ``clamp`` passes the
 gradient on its bounds, and where both PPO branches are equal the unclipped one
@@ -25,9 +25,14 @@ from .. import _chunked
 from .._chunked import masked_grad  # noqa: F401  (re-exported for the Triton backend)
 from .logprobs import TorchEpilogue
 
-NUM_SUMS = 6  # loss, clipped tokens, dual-clipped tokens, sum(old - lp), sum(w * kl), sum(w * entropy)
-RATIO_LOG_CLAMP = 20.0
-K3_MAX = 10.0
+from ..constants import GRPO_METRICS, GRPO_SUMS, K3_MAX
+from ..constants import LOG_RATIO_CLAMP as RATIO_LOG_CLAMP
+
+NUM_SUMS = len(GRPO_SUMS)  # loss, clipped tokens, dual-clipped tokens, sum(old - lp), sum(w * kl), sum(w * entropy)
+_S = {name: i for i, name in enumerate(GRPO_SUMS)}
+# each metric: (its sum, divided by the valid-token count or not); order GRPO_METRICS
+_METRIC_SUMS = {"clipfrac": ("clipped", True), "clipfrac_lower": ("lower", True),
+                "approx_kl": ("old_minus_lp", True), "entropy": ("entropy", False), "kl": ("kl", False)}
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -127,22 +132,26 @@ def token_terms(lp, ent, tok, opts):
         g_ent = torch.where(valid, -opts.entropy_coef * wt, zero)
     loss = torch.where(valid, wt * x, zero).sum()
     g_lp = torch.where(valid, wt * dx, zero)
-    sums = torch.stack([
-        loss,
-        (clipped & valid).sum().to(lp.dtype),
-        (lower & valid).sum().to(lp.dtype),
-        torch.where(valid, old - lp, zero).sum(),
-        kl_sum,
-        ent_sum,
-    ])
+    terms = dict(
+        loss=loss,
+        clipped=(clipped & valid).sum().to(lp.dtype),
+        lower=(lower & valid).sum().to(lp.dtype),
+        old_minus_lp=torch.where(valid, old - lp, zero).sum(),
+        kl=kl_sum,
+        entropy=ent_sum,
+    )
+    sums = torch.stack([terms[name] for name in GRPO_SUMS])
     return sums, g_lp, g_ent
 
 
 def finish(sums: torch.Tensor, n_valid: torch.Tensor):
-    """sums ``[NUM_SUMS]`` -> (loss, metrics fp32 ``[5]``: clipfrac, clipfrac_lower, approx_kl, entropy, kl)."""
-    per_token = sums[1:4] / n_valid.clamp_min(1).to(sums.dtype)
-    metrics = torch.cat([per_token, sums[5:6], sums[4:5]]).float()
-    return sums[0].clone(), metrics
+    """sums ``[NUM_SUMS]`` -> (loss, metrics fp32 ``[5]`` in the order of ``GRPO_METRICS``)."""
+    n = n_valid.clamp_min(1).to(sums.dtype)
+    metrics = []
+    for name in GRPO_METRICS:
+        total, per_token = _METRIC_SUMS[name]
+        metrics.append(sums[_S[total]] / n if per_token else sums[_S[total]])
+    return sums[_S["loss"]].clone(), torch.stack(metrics).float()
 
 
 def loss_fwd(logprobs, old_logprobs, advantages, mask, ref_logprobs, entropy, opts):

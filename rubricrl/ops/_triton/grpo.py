@@ -9,7 +9,7 @@ its aggregation weight is shared with the PyTorch backend
 (:mod:`rubricrl.ops._torch.grpo`), and so is the token-chunked driver of
 ``fused_linear_grpo_loss``, which here runs the GEMMs with ``torch.mm``
 (cuBLAS) and the softmax epilogues with the Triton kernels of
-:mod:`rubricrl.kernels.logprobs`.
+:mod:`rubricrl.ops._triton.logprobs`.
 
 Computes in fp32 whatever the input dtype.
 """
@@ -20,12 +20,22 @@ import torch
 import triton
 import triton.language as tl
 
+from rubricrl.ops import constants
 from rubricrl.ops._torch import grpo as _glue
 
 from .logprobs import TritonEpilogue
 
 BLOCK = 1024
-_KL_TYPES = {"k1": 1, "k2": 2, "k3": 3}
+_KL_TYPES = {name: i + 1 for i, name in enumerate(constants.KL_TYPES)}  # 0: no KL term
+# the shared constants (rubricrl.ops.constants), as compile-time constants of the kernels
+_CLAMP = tl.constexpr(constants.LOG_RATIO_CLAMP)
+_K3_MAX = tl.constexpr(constants.K3_MAX)
+# where each partial sum goes in a program's row of `part` (layout: constants.GRPO_SUMS)
+_NUM_SUMS = tl.constexpr(len(constants.GRPO_SUMS))
+_S_LOSS, _S_CLIPPED, _S_LOWER, _S_OLD_MINUS_LP, _S_KL, _S_ENTROPY = (
+    tl.constexpr(constants.GRPO_SUMS.index(name))
+    for name in ("loss", "clipped", "lower", "old_minus_lp", "kl", "entropy")
+)
 
 
 @triton.jit
@@ -44,10 +54,10 @@ def _grpo_token_kernel(
     old = tl.load(old_ptr + offs, mask=valid, other=0.0)
     adv = tl.load(adv_ptr + offs, mask=valid, other=0.0)
     wt = tl.load(wt_ptr + offs, mask=valid, other=0.0)
-    # PPO ratio with the log-ratio clamped to +-20; d r / d lp is 0 outside the clamp
+    # PPO ratio with the log-ratio clamped to +-LOG_RATIO_CLAMP; d r / d lp is 0 outside the clamp
     delta = lp - old
-    r = tl.exp(tl.minimum(tl.maximum(delta, -20.0), 20.0))
-    dr = tl.where(tl.abs(delta) <= 20.0, r, 0.0)
+    r = tl.exp(tl.minimum(tl.maximum(delta, -_CLAMP), _CLAMP))
+    dr = tl.where(tl.abs(delta) <= _CLAMP, r, 0.0)
     pg1 = -adv * r
     pg2 = -adv * tl.minimum(tl.maximum(r, 1.0 - eps_low), 1.0 + eps_high)
     clipped = pg2 > pg1  # the clipped branch is active only when strictly larger
@@ -62,8 +72,8 @@ def _grpo_token_kernel(
     kl_w = tl.zeros([BLOCK], tl.float32)
     if KL_TYPE > 0:
         d_raw = tl.load(ref_ptr + offs, mask=valid, other=0.0) - lp
-        inside = tl.abs(d_raw) <= 20.0
-        d = tl.minimum(tl.maximum(d_raw, -20.0), 20.0)
+        inside = tl.abs(d_raw) <= _CLAMP
+        d = tl.minimum(tl.maximum(d_raw, -_CLAMP), _CLAMP)
         if KL_TYPE == 1:
             k = -d
             dk = tl.where(inside, 1.0, 0.0)
@@ -73,8 +83,8 @@ def _grpo_token_kernel(
         else:
             e = tl.exp(d)
             k = e - d - 1.0
-            capped = k > 10.0
-            k = tl.where(capped, 10.0, k)
+            capped = k > _K3_MAX
+            k = tl.where(capped, _K3_MAX, k)
             dk = tl.where(inside & (~capped), 1.0 - e, 0.0)
         kl_w = tl.where(valid, wt * k, 0.0)
         x = x + kl_coef * k
@@ -87,13 +97,13 @@ def _grpo_token_kernel(
         if ENT_GRAD:
             tl.store(g_ent_ptr + offs, tl.where(valid, -entropy_coef * wt, 0.0), mask=inb)
     tl.store(g_lp_ptr + offs, tl.where(valid, wt * dx, 0.0), mask=inb)
-    part = part_ptr + pid * 6
-    tl.store(part + 0, tl.sum(tl.where(valid, wt * x, 0.0), axis=0))
-    tl.store(part + 1, tl.sum(tl.where(valid & clipped, 1.0, 0.0), axis=0))
-    tl.store(part + 2, tl.sum(tl.where(valid & lower, 1.0, 0.0), axis=0))
-    tl.store(part + 3, tl.sum(tl.where(valid, old - lp, 0.0), axis=0))
-    tl.store(part + 4, tl.sum(kl_w, axis=0))
-    tl.store(part + 5, tl.sum(ent_w, axis=0))
+    part = part_ptr + pid * _NUM_SUMS
+    tl.store(part + _S_LOSS, tl.sum(tl.where(valid, wt * x, 0.0), axis=0))
+    tl.store(part + _S_CLIPPED, tl.sum(tl.where(valid & clipped, 1.0, 0.0), axis=0))
+    tl.store(part + _S_LOWER, tl.sum(tl.where(valid & lower, 1.0, 0.0), axis=0))
+    tl.store(part + _S_OLD_MINUS_LP, tl.sum(tl.where(valid, old - lp, 0.0), axis=0))
+    tl.store(part + _S_KL, tl.sum(kl_w, axis=0))
+    tl.store(part + _S_ENTROPY, tl.sum(ent_w, axis=0))
 
 
 def token_terms(lp, ent, tok, opts):
@@ -109,7 +119,7 @@ def token_terms(lp, ent, tok, opts):
     g_ent = torch.empty_like(lp) if ent_grad else None
     block = min(BLOCK, max(16, triton.next_power_of_2(max(n, 1))))
     grid = (triton.cdiv(n, block),)
-    part = torch.zeros(max(grid[0], 1), 6, dtype=torch.float32, device=lp.device)
+    part = torch.zeros(max(grid[0], 1), len(constants.GRPO_SUMS), dtype=torch.float32, device=lp.device)
     if n > 0:
         _grpo_token_kernel[grid](
             lp, ent if ent is not None else lp, old, adv, valid, wt, ref if ref is not None else lp,

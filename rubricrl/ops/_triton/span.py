@@ -1,7 +1,7 @@
 """Triton backend of span_mean_prob.
 
 Per-token log-probs come from the chunked GEMM loop with the Triton online
-log-sum-exp epilogue (kernels/logprobs.py); one more kernel turns them into
+log-sum-exp epilogue (rubricrl/ops/_triton/logprobs.py); one more kernel turns them into
 probabilities and adds them, with a count, into their span's slot. Spans are
 given by an index per token in any order, hence the atomics (fp32 sums of at
 most M terms; the order of the additions may vary between GPU runs).

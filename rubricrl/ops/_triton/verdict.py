@@ -3,7 +3,7 @@
 The ``[N, H] x [H, K]`` GEMM over the gathered verdict rows stays with cuBLAS
 (``torch.mm``); one program per row then splits the ``K = Ky + Kn`` verdict
 logits into p(met) and, with the mass, combines the verdict log-sum-exp with the
-full-vocabulary one from the chunked Triton epilogue (kernels/logprobs.py).
+full-vocabulary one from the chunked Triton epilogue (rubricrl/ops/_triton/logprobs.py).
 """
 
 from __future__ import annotations
