@@ -47,9 +47,9 @@ def main() -> None:
 
     assert len(builtin_rubric_prompts()) > 0
     assert load_builtin_tokenizer()("hello").input_ids
-    for rel in ("py.typed", "configs/demo.yaml", "kernels/__init__.py"):
+    for rel in ("py.typed", "configs/demo.yaml", "ops/_triton/__init__.py"):
         assert (pkg / rel).is_file(), f"{rel} missing from the installed package"
-    assert importlib.util.find_spec("rubricrl.kernels") is not None
+    assert importlib.util.find_spec("rubricrl.ops._triton") is not None
     print(f"wheel smoke: rubricrl from {pkg}, torch {torch.__version__}, extension {rubricrl._C.__file__}: ok")
 
 
