@@ -139,6 +139,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_logprobs_bwd(
   at::Tensor g_ent;
   if (grad_entropy.has_value() && grad_entropy->defined())
     g_ent = masked_grad(*grad_entropy, targets, vocab, type);
+  // Rows without upstream gradient (ignored tokens among them) get exact-zero d logits from
+  // the epilogue, but d_weight = d_logits^T @ hidden would still add 0 * hidden, and
+  // 0 * NaN = NaN would reach every row of d_weight: those rows of hidden become exact
+  // zeros first (one [N, H] pass, only when there are such rows).
+  at::Tensor silent = g_lp.eq(0);
+  if (g_ent.defined()) silent.logical_and_(g_ent.eq(0));
+  if (silent.any().item<bool>()) ops.hidden = ops.hidden.masked_fill(silent.unsqueeze(1), 0);
   at::Tensor lse_c = lse.to(type).contiguous(), ent_c = entropy.to(type).contiguous();
   at::Tensor d_hidden = at::zeros_like(ops.hidden);
   at::Tensor d_weight = at::empty_like(ops.weight);

@@ -89,6 +89,18 @@ def masked_grad(grad: torch.Tensor, targets: torch.Tensor, vocab: int) -> torch.
     return torch.where(valid, g, torch.zeros((), dtype=g.dtype, device=grad.device)).contiguous()
 
 
+def zero_rows(hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A copy of ``hidden [N, H]`` with the rows where ``rows [N]`` (bool) is True set to exactly 0.
+
+    Why: the epilogues write exact 0 into the d logits rows of ignored tokens (and of rows
+    without upstream gradient), but the GEMM ``d_weight = d_logits^T @ hidden`` still adds
+    ``0 * hidden`` for them, and ``0 * NaN = NaN`` would reach every row of ``d_weight``.
+    Zeroed rows also give finite logits (the bias) to the epilogues. One ``[N, H]`` pass,
+    next to ``N H V`` GEMM work, and no host sync (so it stays asynchronous on the GPU).
+    """
+    return hidden.masked_fill(rows[:, None], 0)
+
+
 def _logit_chunks(
     hidden32: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cols: int
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -153,6 +165,10 @@ def linear_bwd(epi: Epilogue, g_lp, g_ent, hidden, weight, bias, targets, lse, e
     n, vocab = hidden.shape[0], weight.shape[0]
     g_lp = masked_grad(g_lp, targets, vocab)
     g_ent = masked_grad(g_ent, targets, vocab) if g_ent is not None else None
+    # rows without upstream gradient (ignored tokens among them) contribute exactly 0,
+    # whatever their hidden state holds (NaN, Inf): see zero_rows
+    silent = g_lp == 0 if g_ent is None else (g_lp == 0) & (g_ent == 0)
+    hidden32 = zero_rows(hidden32, silent)
     d_hidden = torch.zeros_like(hidden32)
     d_weight = torch.empty_like(weight)
     d_bias = torch.empty(vocab, dtype=hidden32.dtype, device=hidden.device) if bias is not None else None
@@ -219,10 +235,12 @@ def linear_token_chunks(epi: Epilogue, hidden, weight, bias, targets, temperatur
     Returns:
         ``(d_hidden, d_weight, d_bias)`` in the inputs' dtypes, None where not needed.
     """
-    hidden32 = hidden.float().contiguous()
+    n, vocab = hidden.shape[0], weight.shape[0]
+    # ignored rows (masked tokens) become exact zeros before GEMM 1: whatever their hidden
+    # state holds (NaN, Inf) reaches neither d weight (GEMM 3) nor any other output
+    hidden32 = zero_rows(hidden.float(), (targets < 0) | (targets >= vocab)).contiguous()
     weight32 = weight.float().contiguous()
     bias32 = bias.float() if bias is not None else None
-    n, vocab = hidden.shape[0], weight.shape[0]
     f32 = dict(dtype=torch.float32, device=hidden.device)
     d_hidden = torch.zeros_like(hidden32) if needs[0] else None
     d_weight = torch.zeros(weight.shape, **f32) if needs[1] else None

@@ -355,6 +355,11 @@ def _backward_verdict_probs(ctx, g_p, _g_mass, bwd=None):
     q_all = torch.softmax(z, dim=-1)
     q_yes = torch.nn.functional.pad(torch.softmax(z[:, :k_yes], dim=-1), (0, ids.shape[0] - k_yes))
     d_logits = (g_p.float() * p_met)[:, None] * (q_yes - q_all) * inv_t  # [N, K]
+    # rows without upstream gradient contribute exactly 0, even with NaN/Inf hidden states
+    # (0 * NaN would otherwise reach every verdict row of d weight): see _chunked.zero_rows
+    silent = g_p == 0
+    d_logits = d_logits.masked_fill(silent[:, None], 0)
+    h32 = _chunked.zero_rows(h32, silent)
     d_hidden = d_weight = d_bias = None
     if ctx.needs[0]:
         d_hidden = (d_logits @ w_v).to(hidden.dtype)
