@@ -159,7 +159,7 @@ def check_fused_grpo(data, backend):
         entropy_coef=data.draw(st.sampled_from([0.0, 0.01]), label="entropy_coef"),
         compute_entropy=data.draw(st.booleans(), label="compute_entropy"),
         temperature=data.draw(st.sampled_from([1.0, 0.7]), label="temperature"),
-        chunk_size=data.draw(st.sampled_from([None, 1, 2, 3, 5]), label="chunk_size"),
+        token_chunk=data.draw(st.sampled_from([None, 1, 2, 3, 5]), label="token_chunk"),
         backend=backend,
     )
     runs = []
@@ -269,7 +269,7 @@ def check_fused_logprobs(data, backend):
     g_ent[unused] = g_ent_bad[unused] = 0.0
     kw = dict(bias=None, ignore_index=ignore_index, return_entropy=True, backend=backend,
               temperature=data.draw(st.sampled_from([1.0, 0.7]), label="temperature"),
-              chunk_size=data.draw(st.sampled_from([None, 1, 3, 7]), label="chunk_size"))
+              vocab_chunk=data.draw(st.sampled_from([None, 1, 3, 7]), label="vocab_chunk"))
     runs = []
     for hid, glp, gent in ((hidden, g_lp, g_ent), (poisoned(data, hidden, ignored | unused), g_lp_bad, g_ent_bad)):
         hid, w, bi = leaf(hid), leaf(weight), leaf(bias)
@@ -346,11 +346,11 @@ def check_verdict(data, backend):
     yes, no = perm[:k_yes], perm[k_yes:v - data.draw(st.integers(0, v - k_yes - 1), label="cut")]
     unused = torch.rand(n, generator=g) < 0.4  # rows whose p(met) gets no upstream gradient
     g_p = torch.randn(n, generator=g).masked_fill(unused, 0.0)
-    chunk = data.draw(st.sampled_from([None, 2, 5]), label="chunk_size")
+    chunk = data.draw(st.sampled_from([None, 2, 5]), label="vocab_chunk")
     runs = []
     for hid in (hidden, poisoned(data, hidden, unused)):
         hid, w, bi = leaf(hid), leaf(weight), leaf(bias)
-        p, mass = verdict_probs(hid, w, yes, no, bias=bi, return_mass=True, backend=backend, chunk_size=chunk)
+        p, mass = verdict_probs(hid, w, yes, no, bias=bi, return_mass=True, backend=backend, vocab_chunk=chunk)
         runs.append((p, mass, grads([p], [hid, w, bi], [g_p])))
     (p0, m0, g0), (p1, m1, g1) = runs
     same(p1[~unused], p0[~unused], "p_met")
@@ -379,10 +379,10 @@ def check_span(data, backend):
     span = torch.randint(0, num_spans, (m,), generator=g)
     bad_span = data.draw(st.integers(0, num_spans - 1), label="poisoned span")
     rows = span == bad_span
-    chunk = data.draw(st.sampled_from([None, 2, 5]), label="chunk_size")
-    out0 = span_mean_prob(hidden, weight, targets, span, num_spans, bias=bias, chunk_size=chunk, backend=backend)
+    chunk = data.draw(st.sampled_from([None, 2, 5]), label="vocab_chunk")
+    out0 = span_mean_prob(hidden, weight, targets, span, num_spans, bias=bias, vocab_chunk=chunk, backend=backend)
     out1 = span_mean_prob(poisoned(data, hidden, rows), weight, targets, span, num_spans, bias=bias,
-                          chunk_size=chunk, backend=backend)
+                          vocab_chunk=chunk, backend=backend)
     others = torch.arange(num_spans) != bad_span
     same(out1[others], out0[others], "other spans")
     z = hidden.double() @ weight.double().T + (bias.double() if bias is not None else 0.0)
