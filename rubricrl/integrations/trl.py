@@ -181,10 +181,9 @@ def _patch_head(model, temperature: float, cast_fp32: bool, entropy: bool) -> bo
             if rubricrl_head is not None:
                 return rubricrl_head(hidden, weight, bias, labels)
             mask = labels != IGNORE
-            lp, ent = fused_linear_logprobs(hidden[mask], weight, labels[mask], bias=bias,
-                                            temperature=temperature, return_entropy=True) if entropy else (
-                fused_linear_logprobs(hidden[mask], weight, labels[mask], bias=bias, temperature=temperature),
-                None)
+            out = fused_linear_logprobs(hidden[mask], weight, labels[mask], bias=bias, temperature=temperature,
+                                        return_entropy=entropy)
+        lp, ent = out if entropy else (out, None)
         # masked_scatter keeps an all-masked batch connected to the graph (a zero gradient, not an error)
         log_probs = lp.new_zeros(mask.shape).masked_scatter(mask, lp)
         entropies = None if ent is None else ent.new_zeros(mask.shape).masked_scatter(mask, ent)
