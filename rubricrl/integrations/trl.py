@@ -23,12 +23,12 @@ loss (and the k3 KL to the reference) is computed from the hidden states in one 
 pass, which also produces the gradients; TRL's ``delta`` is the dual clip ``clip_c``.
 Everything else (loss types ``cispo``, ``sapo``, ``luspo``, ``vespo``; sequence-level
 importance sampling; vLLM importance-sampling correction; the off-policy mask; the
-high-entropy token mask; the entropy bonus; ``use_bias_correction_kl`` (TRL's default when
-``beta > 0``); MoE aux loss;
-multimodal inputs) falls back to TRL's own loss on the fused log-probs, logged once
-per reason. With one iteration TRL has no old log-probs (ratio 1); rubricrl then runs
-one extra no-grad LM-head pass for them, which also gives the logged metrics
-(entropy, kl, clip ratios, computed as TRL does).
+high-entropy token mask; the entropy bonus; ``use_bias_correction_kl``, TRL's default
+when ``beta > 0``; MoE aux loss; multimodal inputs) falls back to TRL's own loss on the
+fused log-probs, logged once per reason. The fused loss adds one no-grad LM-head pass
+per micro-batch: it gives the current log-probs (the old ones too when TRL has none:
+one iteration and one generation per optimizer step, ratio 1) and the entropies, from
+which the metrics TRL logs (entropy, kl, clip ratios) are computed as TRL does.
 
 **Reward.** :func:`rubric_reward` returns a TRL reward function grading each
 completion against its row's rubric with the trainer's current model (the prefix-shared
