@@ -88,6 +88,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads-list", default="1,2")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--qwen-repeats", type=int, default=1, help="timed steps at the qwen shape (tens of s each)")
+    p.add_argument("--qwen-threads-list", default=None, help="thread counts at the qwen shape (default: --threads-list)")
     p.set_defaults(repeats=3)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -96,33 +97,37 @@ def main(argv=None) -> None:
         row = harness.run_variant(lambda: _setup(args.variant, n, h, v), args.repeats, args.warmup)
         print(json.dumps({"variant": args.variant, **row}))
         return
+    meta = {"dtype": "fp32", "repeats": args.repeats, "qwen_repeats": args.qwen_repeats, "warmup": args.warmup,
+            "peer_versions": _versions(), "loadavg_before": os.getloadavg(),
+            "step": "(lp * g_lp + ent * g_ent).sum().backward(), grads to hidden and weight"}
     rows, tables = [], []
-    load_before = os.getloadavg()
     for shape in args.shapes.split(","):
         n, h, v = SHAPES[shape]
-        for threads in (int(t) for t in args.threads_list.split(",")):
+        threads_list = (args.qwen_threads_list if shape == "qwen" and args.qwen_threads_list else args.threads_list)
+        for threads in (int(t) for t in threads_list.split(",")):
             repeats = args.qwen_repeats if shape == "qwen" else args.repeats
             extra = ["--shape", shape, "--repeats", str(repeats), "--warmup", str(args.warmup)]
             part = harness.drive("bench.bench_hosts", "hosts", args.variants.split(","), extra, threads)
             for r in part:
-                r.update(shape=shape, N=n, H=h, V=v, threads=threads)
+                r.update(shape=shape, N=n, H=h, V=v, threads=threads, loadavg_after=os.getloadavg())
             rows += part
             tables.append(f"**{shape}** N={n}, H={h}, V={v}, fp32, {threads} thread(s), {repeats} timed step(s)\n\n"
                           + harness.markdown_table(part, "rubricrl", []))
-    meta = {"dtype": "fp32", "repeats": args.repeats, "qwen_repeats": args.qwen_repeats, "warmup": args.warmup, "peer_versions": _versions(),
-            "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-            "step": "(lp * g_lp + ent * g_ent).sum().backward(), grads to hidden and weight"}
+            _write(meta, rows, tables, args.warmup)  # after every block: a long run keeps what it measured
+
+
+def _write(meta: dict, rows: list[dict], tables: list[str], warmup: int) -> None:
     path = harness.write_results("hosts", meta, rows)
     versions = ", ".join(f"{k} {v}" for k, v in meta["peer_versions"].items())
+    now = os.getloadavg()
     md = (f"# Log-prob + entropy forward+backward: rubricrl vs TRL / verl heads (CPU)\n\n"
-          f"Versions: {versions}. Load average (1/5/15 min) before: "
-          f"{' / '.join(f'{x:.1f}' for x in load_before)}, after: "
-          f"{' / '.join(f'{x:.1f}' for x in meta['loadavg_after'])}. Median of the timed steps after "
-          f"{args.warmup} warm-up; peak extra memory = VmHWM over the RSS once inputs exist.\n\n"
-          + "\n\n".join(tables) + "\n")
+          f"Versions: {versions}. Load average (1/5/15 min) at the start: "
+          f"{' / '.join(f'{x:.1f}' for x in meta['loadavg_before'])}, at the last block: "
+          f"{' / '.join(f'{x:.1f}' for x in now)} (the machine's 2 cores were shared with other jobs). "
+          f"Median of the timed steps after {warmup} warm-up step(s); peak extra memory = VmHWM over the RSS "
+          f"once the inputs exist.\n\n" + "\n\n".join(tables) + "\n")
     (path.parent / "hosts.md").write_text(md)
-    print(md)
-    print(f"results in {path}")
+    print(md, flush=True)
 
 
 if __name__ == "__main__":
