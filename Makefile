@@ -15,7 +15,7 @@ $(DEPS): requirements.txt requirements-peers.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements.txt
-	# verl's core_algos import on a CPU machine without its full dependency set
+	# verl's core_algos import on a CPU machine without its full dependency set; TRL 1.16 (pinned)
 	$(VPY) -m pip install -q -r requirements-peers.txt
 	$(VPY) -m pip install -q --no-deps verl==0.9.1
 	touch $@

@@ -36,7 +36,7 @@ from rubricrl.engines.split_attention import SplitAttention, split_attention, su
 from rubricrl.models.loading import load_policy
 from rubricrl.ops import fused_linear_logprobs
 
-__all__ = ["HFEngine"]
+__all__ = ["HFEngine", "preserved_model_state"]
 
 
 class HFEngine(Engine):
@@ -100,6 +100,21 @@ class HFEngine(Engine):
         """
         model, tokenizer = load_policy(model_path, seed=seed, dtype=dtype)
         return cls(model, tokenizer, device=device, **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    @contextlib.contextmanager
+    def borrowed(
+        cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, **kwargs: object
+    ) -> Iterator[HFEngine]:
+        """An engine over a caller's model (e.g. a trainer's policy), handed back as it was found.
+
+        ``HFEngine(model, ...)`` puts the model in eval mode (and moves it with ``device=``);
+        on leaving the block every module's train/eval flag, every parameter's
+        ``requires_grad`` and every parameter's and buffer's device are restored
+        (see :func:`preserved_model_state`).
+        """
+        with preserved_model_state(model):
+            yield cls(model, tokenizer, **kwargs)  # type: ignore[arg-type]
 
     # ---- identity -------------------------------------------------------------------
 
@@ -549,3 +564,30 @@ def _describe(value: object) -> str:
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {list(value.shape)}"
     return type(value).__name__
+
+
+@contextlib.contextmanager
+def preserved_model_state(model: torch.nn.Module) -> Iterator[None]:
+    """Restore, on exit (also on an exception), what an engine may change on a model.
+
+    Restored: each submodule's ``training`` flag (a trainer's model may mix train and
+    eval submodules), each parameter's ``requires_grad``, and the device of each
+    parameter and buffer that was moved (in place, so an optimizer holding the
+    parameters keeps pointing at them).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    params = [(p, p.requires_grad, p.device) for p in model.parameters()]
+    buffers = [(m, name, b.device) for m in model.modules() for name, b in m._buffers.items() if b is not None]
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        for param, requires_grad, device in params:
+            if param.device != device:
+                param.data = param.data.to(device)
+            param.requires_grad_(requires_grad)
+        for module, name, device in buffers:
+            buf = module._buffers.get(name)
+            if buf is not None and buf.device != device:
+                module._buffers[name] = buf.to(device)
