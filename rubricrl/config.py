@@ -460,7 +460,7 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.rollout.max_batch_size is not None:
         at_least("rollout.max_batch_size", cfg.rollout.max_batch_size, 1)
 
-    from rubricrl.pipeline.rewards import reward_source_names  # the registry lives with the pipeline
+    from rubricrl.rewards.registry import reward_source_names  # below the config: no pipeline import
 
     names = reward_source_names()
     _check(cfg.reward.source in names, "reward.source", f"expected one of {', '.join(names)}, got {cfg.reward.source!r}")

@@ -10,7 +10,8 @@ A reward source is looked up by name (``reward.source`` in the config):
   response's verdict matches the label (SPEC §3, mixed data).
 
 Add one with ``@register_reward_source("name")`` on a factory
-``factory(config, *, judge=None) -> RewardSource``; the trainer never changes.
+``factory(config, *, judge=None) -> RewardSource``; the trainer never changes. The registry
+itself is ``rubricrl.rewards.registry`` (below the config, which checks the name).
 
 Failures never stop training. A response whose judgment failed for every positive item
 is *ungraded* (``score=None``) and counted; how the trainer treats it is its
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,6 +41,7 @@ from rubricrl.pipeline.data import (
 from rubricrl.pipeline.rollout import RolloutBatch
 from rubricrl.rewards import rlpr
 from rubricrl.rewards.judge_parse import parse_verdict
+from rubricrl.rewards.registry import register_reward_source, reward_source_factory, reward_source_names
 
 if TYPE_CHECKING:
     from rubricrl.config import TrainConfig
@@ -98,28 +100,9 @@ class RewardSource(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-_REGISTRY: dict[str, Callable[..., RewardSource]] = {}
-
-
-def register_reward_source(name: str) -> Callable[[Callable[..., RewardSource]], Callable[..., RewardSource]]:
-    """Decorator: register ``factory(config, *, judge=None) -> RewardSource`` under ``name``."""
-
-    def deco(factory: Callable[..., RewardSource]) -> Callable[..., RewardSource]:
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
-def reward_source_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
 def make_reward_source(name: str, config: TrainConfig, *, judge: Judge | None = None) -> RewardSource:
     """Build the reward source ``name`` from ``config`` (``judge`` replaces the configured one)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown reward source {name!r}; registered: {', '.join(reward_source_names())}")
-    return _REGISTRY[name](config, judge=judge)
+    return reward_source_factory(name)(config, judge=judge)
 
 
 def build_judge(config: TrainConfig) -> Judge:

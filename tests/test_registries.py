@@ -1,0 +1,77 @@
+"""The reward-source registry: below the config (no import cycle), and it raises on a
+duplicate name as the judge registry does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rubricrl.config import ConfigError, load_config
+from rubricrl.judges import JUDGES, LogprobJudge, register_judge
+from rubricrl.pipeline import make_reward_source
+from rubricrl.rewards import registry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_loads_without_importing_the_pipeline():
+    # A fresh interpreter: this test process has imported the pipeline already.
+    code = (
+        "import sys\n"
+        "from rubricrl.config import ConfigError, load_config\n"
+        "load_config(None)\n"
+        "try:\n"
+        "    load_config(None, ['reward.source=nope'])\n"
+        "except ConfigError as err:\n"
+        "    print(err)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('rubricrl.pipeline')))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    lines = out.stdout.splitlines()
+    assert lines == ["reward.source: expected one of mix, rlpr, rubric, got 'nope'", "[]"], out.stdout + out.stderr
+
+
+def test_builtin_names_are_the_registered_sources():
+    # rubricrl.pipeline is imported above: every built-in the config accepts has a factory.
+    assert set(registry.BUILTIN_REWARD_SOURCES) <= set(registry._REGISTRY)
+    assert registry.reward_source_names() == ["mix", "rlpr", "rubric"]
+
+
+def test_duplicate_reward_source_raises_and_overwrite_replaces():
+    def factory(config, *, judge=None):
+        return ("first", judge)
+
+    def other(config, *, judge=None):
+        return ("second", judge)
+
+    registry.register_reward_source("dup-test")(factory)
+    try:
+        assert "dup-test" in registry.reward_source_names()
+        # a registered name passes config validation
+        assert load_config(None, ["reward.source=dup-test"]).reward.source == "dup-test"
+        with pytest.raises(ValueError, match=r"^a reward source named 'dup-test' is already registered"):
+            registry.register_reward_source("dup-test")(other)
+        assert make_reward_source("dup-test", None, judge="j") == ("first", "j")  # unchanged
+        registry.register_reward_source("dup-test", overwrite=True)(other)
+        assert make_reward_source("dup-test", None, judge="j") == ("second", "j")
+    finally:
+        del registry._REGISTRY["dup-test"]
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register_reward_source("rubric")(factory)
+    with pytest.raises(ValueError, match="non-empty string"):
+        registry.register_reward_source("")
+    with pytest.raises(ConfigError, match="^reward.source: expected one of mix, rlpr, rubric, got 'dup-test'"):
+        load_config(None, ["reward.source=dup-test"])
+    with pytest.raises(ValueError, match="^unknown reward source 'dup-test'; registered: mix, rlpr, rubric$"):
+        make_reward_source("dup-test", None)
+
+
+def test_duplicate_judge_raises_like_reward_sources():
+    with pytest.raises(ValueError, match=r"^a judge named 'logprob' is already registered"):
+        register_judge("logprob", LogprobJudge)
+    assert JUDGES["logprob"] is LogprobJudge
