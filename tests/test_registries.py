@@ -75,3 +75,36 @@ def test_duplicate_judge_raises_like_reward_sources():
     with pytest.raises(ValueError, match=r"^a judge named 'logprob' is already registered"):
         register_judge("logprob", LogprobJudge)
     assert JUDGES["logprob"] is LogprobJudge
+
+
+def test_build_judge_is_the_one_builder_of_config_and_cli():
+    import argparse
+
+    from rubricrl.cli._common import build_judge as cli_build_judge
+    from rubricrl.judges import GenerateJudge, build_judge
+    from rubricrl.pipeline import build_judge as config_build_judge
+
+    # logprob-only settings reach the logprob judge; options win over them
+    judge = build_judge("logprob", temperature=0.5, mode="threshold", share_prefix=False, options={"mode": "sample"})
+    assert isinstance(judge, LogprobJudge) and (judge.mode, judge.temperature, judge.share_prefix) == ("sample", 0.5, False)
+    # ... and never reach another judge (GenerateJudge takes no mode)
+    judge = build_judge("generate", temperature=0.7, mode="expected", share_prefix=True, options={"max_new_tokens": 5})
+    assert isinstance(judge, GenerateJudge) and (judge.temperature, judge.max_new_tokens) == (0.7, 5)
+    with pytest.raises(ValueError, match=r"^'generate' with options \{'temperature': 1.0, 'mode': 'x'\}: judge 'generate' does not take"):
+        build_judge("generate", temperature=1.0, options={"mode": "x"})
+
+    cfg = load_config(None, ["reward.judge_mode=threshold", "reward.grading_temperature=0.5", "reward.judge_options={mode: sample}"])
+    judge = config_build_judge(cfg)
+    assert (judge.mode, judge.temperature, judge.share_prefix) == ("sample", 0.5, True)
+    cfg = load_config(None, ["reward.judge=nope"])
+    with pytest.raises(ConfigError, match=r"^reward.judge: 'nope' with options \{.*\}: unknown judge 'nope'"):
+        config_build_judge(cfg)
+
+    args = argparse.Namespace(
+        judge="generate", mode=None, temperature=0.3, share_prefix=True, max_new_tokens=7, max_attempts=2, seed=4
+    )
+    judge = cli_build_judge(args)
+    assert isinstance(judge, GenerateJudge) and (judge.temperature, judge.max_new_tokens, judge.max_attempts) == (0.3, 7, 2)
+    args.judge = "logprob"
+    judge = cli_build_judge(args)
+    assert isinstance(judge, LogprobJudge) and (judge.mode, judge.temperature) == ("expected", 0.3)

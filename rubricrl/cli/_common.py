@@ -65,6 +65,7 @@ def check_judge_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 def judge_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The judge's keyword options from the command line (also recorded in the output)."""
     if args.judge == "logprob":
         return {
             "mode": args.mode or "expected",
@@ -81,10 +82,10 @@ def judge_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_judge(args: argparse.Namespace):
-    from rubricrl.judges import make_judge
+    from rubricrl.judges import build_judge as build_judge_by_name
 
     try:
-        return make_judge(args.judge, **judge_options(args))
+        return build_judge_by_name(args.judge, temperature=args.temperature, options=judge_options(args))
     except ValueError as err:
         raise CliError(str(err)) from None
 

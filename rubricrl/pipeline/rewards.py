@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from rubricrl.config import ConfigError
 from rubricrl.engines import Engine
 from rubricrl.judges.base import GradeRequest, GradeResult, Judge
+from rubricrl.judges.registry import build_judge as build_judge_by_name
 from rubricrl.ops import span_mean_prob
 from rubricrl.pipeline.data import (
     TrainPrompt,
@@ -106,30 +108,24 @@ def make_reward_source(name: str, config: TrainConfig, *, judge: Judge | None = 
 
 
 def build_judge(config: TrainConfig) -> Judge:
-    """The judge of ``config.reward`` via ``rubricrl.judges.make_judge``.
+    """The judge of ``config.reward`` via ``rubricrl.judges.build_judge``.
 
     Raises:
         ConfigError: (``reward.judge``) the judge is unknown or rejects its options.
     """
-    from rubricrl.config import ConfigError
-
-    try:
-        from rubricrl.judges import make_judge  # type: ignore[attr-defined]
-    except ImportError as err:
-        raise ConfigError(
-            "reward.judge", f"rubricrl.judges.make_judge is not available in this build ({err})"
-        ) from None
     r = config.reward
-    options: dict[str, Any] = {"temperature": r.grading_temperature}
-    if r.judge == "logprob":
+    try:
         # No judge seed: the judge draws (judge_mode=sample) from the global torch RNG, which
         # checkpoints save and restore, so resumed runs grade exactly as uninterrupted ones.
-        options.update(mode=r.judge_mode, share_prefix=r.share_prefix)
-    options.update(r.judge_options)
-    try:
-        return make_judge(r.judge, **options)
-    except (ValueError, TypeError) as err:
-        raise ConfigError("reward.judge", f"{r.judge!r} with options {options}: {err}") from None
+        return build_judge_by_name(
+            r.judge,
+            temperature=r.grading_temperature,
+            mode=r.judge_mode,
+            share_prefix=r.share_prefix,
+            options=r.judge_options,
+        )
+    except ValueError as err:
+        raise ConfigError("reward.judge", str(err)) from None
 
 
 # --------------------------------------------------------------------------- rubric
