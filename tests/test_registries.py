@@ -1,5 +1,6 @@
-"""The reward-source registry: below the config (no import cycle), and it raises on a
-duplicate name as the judge registry does."""
+"""Registries and imports: the reward-source registry sits below the config (no import
+cycle) and raises on a duplicate name as the judge registry does; one judge builder serves
+the config and the CLI; the CLI never hides a subcommand whose module fails to import."""
 
 from __future__ import annotations
 
@@ -108,3 +109,17 @@ def test_build_judge_is_the_one_builder_of_config_and_cli():
     args.judge = "logprob"
     judge = cli_build_judge(args)
     assert isinstance(judge, LogprobJudge) and (judge.mode, judge.temperature) == ("expected", 0.3)
+
+
+def test_cli_lists_every_subcommand_and_never_hides_a_broken_one(monkeypatch):
+    import argparse
+    import sys as _sys
+
+    from rubricrl.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert list(sub.choices) == ["train", "export", "grade", "meta-eval"]
+    # A sibling module that fails to import is an error, not a missing subcommand.
+    monkeypatch.setitem(_sys.modules, "rubricrl.cli.grade", None)
+    with pytest.raises(ImportError, match="rubricrl.cli.grade"):
+        build_parser()
