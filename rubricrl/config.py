@@ -41,6 +41,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "LossConfig",
+    "MODEL_DTYPES",
     "ModelConfig",
     "OptimConfig",
     "PipelineConfig",
@@ -57,6 +58,7 @@ __all__ = [
     "load_config",
     "parse_override",
     "save_config",
+    "torch_dtype",
 ]
 
 
@@ -71,6 +73,24 @@ class ConfigError(ValueError):
 
 # --------------------------------------------------------------------------- sections
 
+#: Model dtypes by name (``model.dtype``, the CLI's ``--dtype``): each is ``torch.<name>``
+#: (:func:`torch_dtype`). Names, not torch objects, so that reading a config needs no torch.
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def torch_dtype(name: str):
+    """The ``torch.dtype`` of a :data:`MODEL_DTYPES` name (``"bfloat16"`` -> ``torch.bfloat16``).
+
+    Raises:
+        ValueError: ``name`` is not one of :data:`MODEL_DTYPES`.
+    """
+    if name not in MODEL_DTYPES:
+        raise ValueError(f"expected a model dtype, one of {', '.join(MODEL_DTYPES)}, got {name!r}")
+    import torch
+
+    return getattr(torch, name)
+
+
 
 @dataclass
 class ModelConfig:
@@ -78,7 +98,7 @@ class ModelConfig:
 
     path: str | None = None  # a save_pretrained directory; null = the embedded tiny model
     seed: int = 0  # weight seed of the tiny model (ignored for a checkpoint)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal[MODEL_DTYPES] = "float32"  # one of MODEL_DTYPES
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
 
 
@@ -460,7 +480,7 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.rollout.max_batch_size is not None:
         at_least("rollout.max_batch_size", cfg.rollout.max_batch_size, 1)
 
-    from rubricrl.pipeline.rewards import reward_source_names  # the registry lives with the pipeline
+    from rubricrl.rewards.registry import reward_source_names  # below the config: no pipeline import
 
     names = reward_source_names()
     _check(cfg.reward.source in names, "reward.source", f"expected one of {', '.join(names)}, got {cfg.reward.source!r}")

@@ -1,4 +1,4 @@
-"""The ``rubricrl`` command line: ``rubricrl train``, ``export``, and ``grade`` / ``meta-eval`` where installed."""
+"""The ``rubricrl`` command line: ``rubricrl train``, ``export``, ``grade`` and ``meta-eval``."""
 
 from __future__ import annotations
 
@@ -13,24 +13,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rubricrl", description="GRPO with self-graded rubric rewards.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    # Every subcommand ships with the package: an ImportError here is a bug to see, not a
+    # command to drop silently.
     from rubricrl.cli.export import add_export_parser
+    from rubricrl.cli.grade import add_grade_parser
+    from rubricrl.cli.meta_eval import add_meta_eval_parser
     from rubricrl.cli.train import add_train_parser
 
     add_train_parser(subparsers)
     add_export_parser(subparsers)
-    # Subcommands from other parts of the package register themselves when present.
-    try:
-        from rubricrl.cli.grade import add_grade_parser
-    except ImportError:
-        pass
-    else:
-        add_grade_parser(subparsers)
-    try:
-        from rubricrl.cli.meta_eval import add_meta_eval_parser
-    except ImportError:
-        pass
-    else:
-        add_meta_eval_parser(subparsers)
+    add_grade_parser(subparsers)
+    add_meta_eval_parser(subparsers)
     return parser
 
 

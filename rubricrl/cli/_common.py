@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rubricrl.config import MODEL_DTYPES, torch_dtype
+
 #: Exit code for bad input (a malformed data file, a bad model path or option).
 EXIT_BAD_INPUT = 2
-
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class CliError(Exception):
@@ -29,7 +29,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         help="local save_pretrained checkpoint directory (default: the embedded tiny model, random weights)",
     )
     group.add_argument("--device", default=None, help="torch device: auto, cpu, cuda or cuda:N (default: cpu)")
-    group.add_argument("--dtype", choices=_DTYPES, default="float32", help="model dtype (default: float32)")
+    group.add_argument("--dtype", choices=MODEL_DTYPES, default="float32", help="model dtype (default: float32)")
 
 
 def add_judge_args(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +65,7 @@ def check_judge_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 def judge_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The judge's keyword options from the command line (also recorded in the output)."""
     if args.judge == "logprob":
         return {
             "mode": args.mode or "expected",
@@ -81,10 +82,10 @@ def judge_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_judge(args: argparse.Namespace):
-    from rubricrl.judges import make_judge
+    from rubricrl.judges import build_judge as build_judge_by_name
 
     try:
-        return make_judge(args.judge, **judge_options(args))
+        return build_judge_by_name(args.judge, temperature=args.temperature, options=judge_options(args))
     except ValueError as err:
         raise CliError(str(err)) from None
 
@@ -197,7 +198,7 @@ def build_engine(args: argparse.Namespace):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return HFEngine.from_path(args.model, dtype=getattr(torch, args.dtype), device=device)
+        return HFEngine.from_path(args.model, dtype=torch_dtype(args.dtype), device=device)
     except ValueError as err:
         raise CliError(f"--model: {err}") from None
 

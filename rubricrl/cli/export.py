@@ -46,9 +46,9 @@ def export_checkpoint(path: str | Path, out: str | Path) -> Path:
             unreadable or does not fit the run's model (``CheckpointError``, naming it),
             or the run's ``model.path`` cannot be loaded.
     """
+    from rubricrl.config import torch_dtype
     from rubricrl.models import load_policy
     from rubricrl.trainer.checkpoint import CheckpointError, load_checkpoint_files
-    from rubricrl.trainer.trainer import _DTYPES
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -56,7 +56,7 @@ def export_checkpoint(path: str | Path, out: str | Path) -> Path:
     ckpt = load_checkpoint_files(path)
     config = ckpt["config"]
     try:
-        model, tokenizer = load_policy(config.model.path, seed=config.model.seed, dtype=_DTYPES[config.model.dtype])
+        model, tokenizer = load_policy(config.model.path, seed=config.model.seed, dtype=torch_dtype(config.model.dtype))
     except ValueError as err:
         raise ValueError(f"{ckpt['path']}: the run's model.path: {err}") from None
     try:

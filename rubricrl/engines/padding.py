@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["left_pad", "position_ids_from_mask"]
+__all__ = ["left_pad", "position_ids_from_mask", "right_pad"]
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,6 +19,23 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
             ids[b, width - len(row) :] = torch.tensor(row, dtype=torch.long)
             mask[b, width - len(row) :] = 1
     return ids, mask
+
+
+def right_pad(
+    rows: Sequence[Sequence[float]], pad: float, *, dtype: torch.dtype = torch.long
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad rows into ``(values [B, T] dtype, mask [B, T] int64)``, ``T`` the longest row.
+
+    ``dtype`` is int64 for token ids; float for per-token values (log-probs) padded with 0.
+    """
+    width = max(len(r) for r in rows)
+    values = torch.full((len(rows), width), pad, dtype=dtype)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        if len(row):
+            values[b, : len(row)] = torch.as_tensor(row, dtype=dtype)
+            mask[b, : len(row)] = 1
+    return values, mask
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

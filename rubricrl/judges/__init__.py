@@ -15,7 +15,7 @@ from rubricrl.judges.encoding import JudgePromptEncoder, VerdictIds, verdict_tok
 from rubricrl.judges.generate import GenerateJudge
 from rubricrl.judges.logprob import MODES, LogprobJudge, VerdictProbs, verdicts_from_probs
 from rubricrl.judges.meta_eval import meta_eval_requests, run_meta_eval
-from rubricrl.judges.registry import JUDGES, make_judge, register_judge
+from rubricrl.judges.registry import JUDGES, build_judge, make_judge, register_judge
 
 __all__ = [
     "JUDGES",
@@ -28,6 +28,7 @@ __all__ = [
     "LogprobJudge",
     "VerdictIds",
     "VerdictProbs",
+    "build_judge",
     "make_judge",
     "meta_eval_requests",
     "register_judge",

@@ -7,13 +7,14 @@ by name, and a user adds one with :func:`register_judge` without touching either
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from rubricrl.judges.base import Judge
 from rubricrl.judges.generate import GenerateJudge
 from rubricrl.judges.logprob import LogprobJudge
 
-__all__ = ["JUDGES", "make_judge", "register_judge"]
+__all__ = ["JUDGES", "build_judge", "make_judge", "register_judge"]
 
 #: name -> judge class (or factory taking keyword options).
 JUDGES: dict[str, Callable[..., Judge]] = {"logprob": LogprobJudge, "generate": GenerateJudge}
@@ -50,3 +51,32 @@ def make_judge(name: str, **options) -> Judge:
         accepted = sorted(k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
         raise ValueError(f"judge {name!r} does not take option(s) {unknown}; it takes {accepted}")
     return factory(**options)
+
+
+def build_judge(
+    name: str,
+    *,
+    temperature: float,
+    mode: str | None = None,
+    share_prefix: bool | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Judge:
+    """The judge ``name`` from the grading settings the trainer config and the CLI share.
+
+    ``temperature`` goes to every judge; ``mode`` and ``share_prefix`` to the logprob judge
+    only (other judges never see them; None keeps the judge's default); ``options`` are
+    further keyword options for the judge (``reward.judge_options``, the CLI's ``--seed``,
+    ``--max-new-tokens``, ...) and win over the settings above.
+
+    Raises:
+        ValueError: ``'<name>' with options {...}: <why>`` for an unknown judge, an option
+            it does not take, or one its constructor rejects.
+    """
+    settings: dict[str, Any] = {"temperature": temperature}
+    if name == "logprob":
+        settings.update({k: v for k, v in (("mode", mode), ("share_prefix", share_prefix)) if v is not None})
+    settings.update(options or {})
+    try:
+        return make_judge(name, **settings)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{name!r} with options {settings}: {err}") from None

@@ -10,7 +10,8 @@ A reward source is looked up by name (``reward.source`` in the config):
   response's verdict matches the label (docs/algorithms.md §3, mixed data).
 
 Add one with ``@register_reward_source("name")`` on a factory
-``factory(config, *, judge=None) -> RewardSource``; the trainer never changes.
+``factory(config, *, judge=None) -> RewardSource``; the trainer never changes. The registry
+itself is ``rubricrl.rewards.registry`` (below the config, which checks the name).
 
 Failures never stop training. A response whose judgment failed for every positive item
 is *ungraded* (``score=None``) and counted; how the trainer treats it is its
@@ -22,14 +23,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from rubricrl.config import ConfigError
 from rubricrl.engines import Engine
 from rubricrl.judges.base import GradeRequest, GradeResult, Judge
+from rubricrl.judges.registry import build_judge as build_judge_by_name
 from rubricrl.ops import span_mean_prob
 from rubricrl.pipeline.data import (
     TrainPrompt,
@@ -40,6 +43,7 @@ from rubricrl.pipeline.data import (
 from rubricrl.pipeline.rollout import RolloutBatch
 from rubricrl.rewards import rlpr
 from rubricrl.rewards.judge_parse import parse_verdict
+from rubricrl.rewards.registry import register_reward_source, reward_source_factory, reward_source_names
 
 if TYPE_CHECKING:
     from rubricrl.config import TrainConfig
@@ -98,55 +102,30 @@ class RewardSource(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-_REGISTRY: dict[str, Callable[..., RewardSource]] = {}
-
-
-def register_reward_source(name: str) -> Callable[[Callable[..., RewardSource]], Callable[..., RewardSource]]:
-    """Decorator: register ``factory(config, *, judge=None) -> RewardSource`` under ``name``."""
-
-    def deco(factory: Callable[..., RewardSource]) -> Callable[..., RewardSource]:
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
-def reward_source_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
 def make_reward_source(name: str, config: TrainConfig, *, judge: Judge | None = None) -> RewardSource:
     """Build the reward source ``name`` from ``config`` (``judge`` replaces the configured one)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown reward source {name!r}; registered: {', '.join(reward_source_names())}")
-    return _REGISTRY[name](config, judge=judge)
+    return reward_source_factory(name)(config, judge=judge)
 
 
 def build_judge(config: TrainConfig) -> Judge:
-    """The judge of ``config.reward`` via ``rubricrl.judges.make_judge``.
+    """The judge of ``config.reward`` via ``rubricrl.judges.build_judge``.
 
     Raises:
         ConfigError: (``reward.judge``) the judge is unknown or rejects its options.
     """
-    from rubricrl.config import ConfigError
-
-    try:
-        from rubricrl.judges import make_judge  # type: ignore[attr-defined]
-    except ImportError as err:
-        raise ConfigError(
-            "reward.judge", f"rubricrl.judges.make_judge is not available in this build ({err})"
-        ) from None
     r = config.reward
-    options: dict[str, Any] = {"temperature": r.grading_temperature}
-    if r.judge == "logprob":
+    try:
         # No judge seed: the judge draws (judge_mode=sample) from the global torch RNG, which
         # checkpoints save and restore, so resumed runs grade exactly as uninterrupted ones.
-        options.update(mode=r.judge_mode, share_prefix=r.share_prefix)
-    options.update(r.judge_options)
-    try:
-        return make_judge(r.judge, **options)
-    except (ValueError, TypeError) as err:
-        raise ConfigError("reward.judge", f"{r.judge!r} with options {options}: {err}") from None
+        return build_judge_by_name(
+            r.judge,
+            temperature=r.grading_temperature,
+            mode=r.judge_mode,
+            share_prefix=r.share_prefix,
+            options=r.judge_options,
+        )
+    except ValueError as err:
+        raise ConfigError("reward.judge", str(err)) from None
 
 
 # --------------------------------------------------------------------------- rubric

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rubricrl.config import TrainConfig
+from rubricrl.config import TrainConfig, torch_dtype
 from rubricrl.engines import Engine, HFEngine
 from rubricrl.judges.base import Judge
 from rubricrl.pipeline import (
@@ -70,9 +70,6 @@ from rubricrl.trainer.update import ActorUpdater, NonFiniteUpdateError, UpdateBa
 __all__ = ["Trainer", "resolve_device"]
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -149,7 +146,7 @@ class Trainer:
             engine = HFEngine.from_path(
                 config.model.path,
                 seed=config.model.seed,
-                dtype=_DTYPES[config.model.dtype],
+                dtype=torch_dtype(config.model.dtype),
                 device=resolve_device(config.model.device),
                 max_batch_size=config.rollout.max_batch_size,
             )

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rubricrl.engines import Engine
+from rubricrl.engines.padding import left_pad, right_pad
 from rubricrl.ops import fused_linear_grpo_loss, fused_linear_logprobs
 
 __all__ = ["ActorUpdater", "NonFiniteUpdateError", "UpdateBatch"]
@@ -83,24 +84,19 @@ class UpdateBatch:
 
 
 def _collate(batch: UpdateBatch, rows: list[int], pad_id: int, device: torch.device) -> dict[str, torch.Tensor | int]:
-    P = max(len(batch.prompt_ids[i]) for i in rows)
-    R = max(len(batch.response_ids[i]) for i in rows)
-    m = len(rows)
-    ids = torch.full((m, P + R), pad_id, dtype=torch.long)
-    attn = torch.zeros((m, P + R), dtype=torch.long)
-    old = torch.zeros((m, R), dtype=torch.float32)
-    for k, i in enumerate(rows):
-        p, r = batch.prompt_ids[i], batch.response_ids[i]
-        ids[k, P - len(p) : P] = torch.tensor(p, dtype=torch.long)
-        ids[k, P : P + len(r)] = torch.tensor(r, dtype=torch.long)
-        attn[k, P - len(p) : P + len(r)] = 1
-        old[k, : len(r)] = torch.tensor(batch.old_logprobs[i], dtype=torch.float32)
+    # prompts left-padded to P, responses right-padded to R: [pad.. prompt | response ..pad]
+    prompt_ids, prompt_mask = left_pad([batch.prompt_ids[i] for i in rows], pad_id)
+    response_ids, response_mask = right_pad([batch.response_ids[i] for i in rows], pad_id)
+    old, _ = right_pad([batch.old_logprobs[i] for i in rows], 0.0, dtype=torch.float32)
+    P = prompt_ids.shape[1]
+    ids = torch.cat([prompt_ids, response_ids], dim=1)
+    attn = torch.cat([prompt_mask, response_mask], dim=1)
     return {
         "input_ids": ids.to(device),
         "attention_mask": attn.to(device),
         "prompt_width": P,
-        "targets": ids[:, P:].to(device),
-        "mask": attn[:, P:].to(device=device, dtype=torch.float32),
+        "targets": response_ids.to(device),
+        "mask": response_mask.to(device=device, dtype=torch.float32),
         "old_logprobs": old.to(device),
         "advantages": torch.tensor([batch.advantages[i] for i in rows], dtype=torch.float32, device=device),
     }
