@@ -28,6 +28,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     group.add_argument("--dtype", choices=_DTYPES, default="float32", help="model dtype (default: float32)")
+    group.add_argument(
+        "--engine", choices=("hf", "vllm"), default="hf", help="engine backend (default: hf; vllm needs rubricrl[vllm])"
+    )
 
 
 def add_judge_args(parser: argparse.ArgumentParser) -> None:
@@ -90,10 +93,10 @@ def build_judge(args: argparse.Namespace):
 def build_engine(args: argparse.Namespace):
     import torch
 
-    from rubricrl.engines import HFEngine
+    from rubricrl.engines.factory import make_engine
 
     try:
-        return HFEngine.from_path(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+        return make_engine(args.engine, args.model, dtype=getattr(torch, args.dtype), device=args.device)
     except ValueError as err:
         raise CliError(f"--model: {err}") from None
 

@@ -38,6 +38,7 @@ import torch
 
 from rubricrl.config import TrainConfig
 from rubricrl.engines import Engine, HFEngine
+from rubricrl.engines.factory import make_engine
 from rubricrl.judges.base import Judge
 from rubricrl.pipeline import (
     PromptSchedule,
@@ -77,7 +78,7 @@ class Trainer:
 
     Args:
         config: a validated :class:`~rubricrl.config.TrainConfig`.
-        engine: the policy engine (default: ``HFEngine.from_path(config.model.path, ...)``).
+        engine: the policy engine (default: ``make_engine(config.engine.backend, config.model.path, ...)``).
         judge: replaces the judge of ``config.reward.judge`` (e.g. a custom judge).
         reward_source: replaces the reward source of ``config.reward.source``.
         console: a ``rich.console.Console`` for the progress bar and logs (default: stderr).
@@ -100,12 +101,14 @@ class Trainer:
         tr = config.trainer
         seed_everything(tr.seed)
         if engine is None:
-            engine = HFEngine.from_path(
+            engine = make_engine(
+                config.engine.backend,
                 config.model.path,
                 seed=config.model.seed,
                 dtype=_DTYPES[config.model.dtype],
                 device=resolve_device(config.model.device),
                 max_batch_size=config.rollout.max_batch_size,
+                kv_cache_mb=config.engine.kv_cache_mb,
             )
         self.engine = engine
         self.reward = reward_source if reward_source is not None else make_reward_source(config.reward.source, config, judge=judge)
