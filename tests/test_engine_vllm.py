@@ -10,6 +10,7 @@ output after a weight sync, no stale prefix cache after an update, process state
 from __future__ import annotations
 
 import copy
+import math
 import os
 
 import pytest
@@ -264,3 +265,55 @@ def test_versions_and_errors(engines):
 
         snapshot_engine(vllm_engine)
     assert vllm_engine.served_version == vllm_engine.policy_version == version
+
+
+def _cli(*args, timeout=600):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "rubricrl.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def test_train_and_grade_cli_on_vllm(tmp_path):
+    """`engine.backend=vllm` through `--set` for train, `--engine vllm` for grade (fresh processes)."""
+    import json
+
+    out = tmp_path / "run"
+    run = _cli(
+        "train", "--out", str(out), "--set", "engine.backend=vllm", "--set", "engine.kv_cache_mb=32",
+        "--set", "trainer.steps=2", "--set", "rollout.max_new_tokens=8", "--set", "data.prompts_per_step=2",
+        "--set", "trainer.plot=false", "--set", "trainer.progress=false",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["policy_version"] for r in records] == [1, 2]
+    assert [r["sample_version"] for r in records] == [r["judge_version"] for r in records] == [0, 1]
+    assert all(math.isfinite(r["loss"]) for r in records)
+
+    rows = tmp_path / "in.jsonl"
+    p = builtin_rubric_prompts()[0]
+    rows.write_text(json.dumps({"prompt_id": p.prompt_id, "prompt": p.prompt, "rubrics": [i.to_dict() for i in p.rubrics], "response": "Rest."}) + "\n")
+    graded = tmp_path / "out.jsonl"
+    run = _cli("grade", str(rows), "--out", str(graded), "--engine", "vllm", "--no-progress")
+    assert run.returncode == 0, run.stderr[-3000:]
+    hf_graded = tmp_path / "hf.jsonl"
+    run = _cli("grade", str(rows), "--out", str(hf_graded), "--no-progress")
+    assert run.returncode == 0, run.stderr[-3000:]
+    got, want = json.loads(graded.read_text())["grades"][0], json.loads(hf_graded.read_text())["grades"][0]
+    assert len(got["items"]) == len(p.rubrics)
+    assert max(abs(a["p_met"] - b["p_met"]) for a, b in zip(got["items"], want["items"])) <= 1e-4
+    assert abs(got["score"] - want["score"]) <= 1e-4
+
+
+def test_config_engine_section():
+    from rubricrl.config import ConfigError, load_config
+
+    cfg = load_config(None, ["engine.backend=vllm", "engine.kv_cache_mb=64"])
+    assert (cfg.engine.backend, cfg.engine.kv_cache_mb) == ("vllm", 64)
+    with pytest.raises(ConfigError, match="engine.backend"):
+        load_config(None, ["engine.backend=sglang"])
+    with pytest.raises(ConfigError, match="pipeline.overlap"):
+        load_config(None, ["engine.backend=vllm", "pipeline.eta=1"])
