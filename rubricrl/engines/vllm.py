@@ -27,6 +27,9 @@ as ``HFEngine`` (kept at the end of the response). Behaviour log-probs are
   on the trainer's model, which holds the same weights (the same computation ``HFEngine``
   always does).
 
+``token_logprobs`` (given response tokens) runs on the trainer's model (``Engine``'s
+default): vLLM's ``prompt_logprobs`` ignore the temperature and get no prefix-cache hits.
+
 Verdicts: one request per (response, item) with ``max_tokens=1``, ``temperature=T`` and
 ``logprob_token_ids = yes + no``: vLLM returns ``log_softmax(logits / T)`` of exactly those
 tokens, from which p(met) and the verdict mass follow. Requests of one group share the
