@@ -188,6 +188,7 @@ def main() -> None:
                 sys.stderr.write(out.stderr[-4000:])
                 raise SystemExit(f"{backend} at {threads} thread(s) failed (exit {out.returncode})")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # kept if a later variant fails
     rows = json.loads(json.dumps(rows))  # int keys -> str, as read back from the JSON
     meta = {"versions": _versions(), "loadavg_1m_start": load_start, "prompts": PROMPTS, "n": N,
             "new_tokens": list(NEW_TOKENS), "repeats": args.repeats, "dtype": "float32", "model": "embedded tiny"}
