@@ -8,9 +8,11 @@ group), the embedded tiny model in fp32, CPU:
   (stop tokens included; the random model rarely stops) / wall time. Behaviour log-probs
   are part of the cost (HF: a teacher-forced pass; vLLM: from the decode).
 * ``grading``: ``LogprobJudge().grade`` of one prompt's G = 4 responses x K = 11 items
-  (``bench.bench_grading``'s input: 128-256-token responses, a long shared prefix); vLLM
-  with its prefix cache warm from the previous round of the same prompts (as the G
-  responses of a step share their prefix; a weight update empties it).
+  (``bench.bench_grading``'s input: 128-256-token responses, a long shared prefix),
+  the same requests again after a warm-up: vLLM then serves almost every block of them
+  from its prefix cache, so its figure is a lower bound (re-grading unchanged weights);
+  the ``step`` breakdown's grading (new responses, cache emptied by every update) is the
+  realistic comparison.
 * ``step``: ``rubricrl train``'s step-time breakdown (rollout / grading / update seconds)
   at the demo config (48 new tokens), median of steps 2-3 (step 1 warms up).
 
