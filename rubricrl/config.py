@@ -1,6 +1,6 @@
 """Training configuration: nested dataclasses, loaded from YAML plus ``--set`` overrides.
 
-A config is a :class:`TrainConfig` with one section per concern (``model``, ``data``,
+A config is a :class:`TrainConfig` with one section per concern (``model``, ``engine``, ``data``,
 ``rollout``, ``reward``, ``advantages``, ``loss``, ``optim``, ``trainer``, ``pipeline``).
 Every field has a default, so a YAML file only lists what it changes::
 
@@ -40,6 +40,7 @@ __all__ = [
     "AdvantageConfig",
     "ConfigError",
     "DataConfig",
+    "EngineConfig",
     "LossConfig",
     "MODEL_DTYPES",
     "ModelConfig",
@@ -100,6 +101,14 @@ class ModelConfig:
     seed: int = 0  # weight seed of the tiny model (ignored for a checkpoint)
     dtype: Literal[MODEL_DTYPES] = "float32"  # one of MODEL_DTYPES
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+
+
+@dataclass
+class EngineConfig:
+    """Where rollout and self-grading run (the trainer always updates its own torch model)."""
+
+    backend: Literal["hf", "vllm"] = "hf"  # hf: transformers; vllm: in-process vLLM (rubricrl[vllm])
+    kv_cache_mb: int = 256  # vllm: KV-cache memory of the serving copy, MiB
 
 
 @dataclass
@@ -221,6 +230,7 @@ class PipelineConfig:
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -467,6 +477,13 @@ def _validate(cfg: TrainConfig) -> None:
         _check(math.isfinite(value) and value > 0, path, f"must be a finite number > 0, got {value}")
 
     at_least("model.seed", cfg.model.seed, 0)
+    at_least("engine.kv_cache_mb", cfg.engine.kv_cache_mb, 1)
+    thread = cfg.pipeline.overlap == "thread" or (cfg.pipeline.overlap == "auto" and cfg.pipeline.eta > 0)
+    _check(
+        cfg.engine.backend != "vllm" or not thread,
+        "pipeline.overlap",
+        "engine.backend=vllm cannot sample on a producer thread (one serving copy); set pipeline.overlap=inline",
+    )
     problem = device_problem(cfg.model.device)
     _check(problem is None, "model.device", problem or "")
     at_least("data.prompts_per_step", cfg.data.prompts_per_step, 1)

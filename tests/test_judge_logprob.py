@@ -232,7 +232,7 @@ def test_length_batches_is_the_cheapest_contiguous_cut():
     """Against brute force over every way to cut the sorted rows into contiguous batches."""
     import itertools
 
-    from rubricrl.judges.logprob import _length_batches
+    from rubricrl.engines.scoring import _length_batches
 
     def cost(widths, batches, overhead):
         return sum(len(b) * widths[b[0]] + overhead for b in batches)

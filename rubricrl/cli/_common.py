@@ -30,6 +30,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--device", default=None, help="torch device: auto, cpu, cuda or cuda:N (default: cpu)")
     group.add_argument("--dtype", choices=MODEL_DTYPES, default="float32", help="model dtype (default: float32)")
+    group.add_argument(
+        "--engine", choices=("hf", "vllm"), default="hf", help="engine backend (default: hf; vllm needs rubricrl[vllm])"
+    )
 
 
 def add_judge_args(parser: argparse.ArgumentParser) -> None:
@@ -191,14 +194,14 @@ def check_context(judge, engine, rows) -> None:
 def build_engine(args: argparse.Namespace):
     import torch
 
-    from rubricrl.engines import HFEngine
+    from rubricrl.engines.factory import make_engine
 
     check_device_arg(args)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return HFEngine.from_path(args.model, dtype=torch_dtype(args.dtype), device=device)
+        return make_engine(args.engine, args.model, dtype=torch_dtype(args.dtype), device=device)
     except ValueError as err:
         raise CliError(f"--model: {err}") from None
 

@@ -1,7 +1,11 @@
-"""Policy engines: sampling with behaviour log-probs, hidden states, prefix-cached forwards."""
+"""Policy engines: sampling with behaviour log-probs, token log-probs, verdict probabilities.
 
-from rubricrl.engines.base import Engine, Sample
+``VLLMEngine`` (``rubricrl.engines.vllm``, the ``rubricrl[vllm]`` extra) is not imported
+here: importing it does not import vllm, but keeps this package free of it.
+"""
+
+from rubricrl.engines.base import Engine, Sample, VerdictOptions, VerdictRequest
 from rubricrl.engines.cache import expand_cache
 from rubricrl.engines.hf import HFEngine
 
-__all__ = ["Engine", "HFEngine", "Sample", "expand_cache"]
+__all__ = ["Engine", "HFEngine", "Sample", "VerdictOptions", "VerdictRequest", "expand_cache"]

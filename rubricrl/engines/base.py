@@ -1,25 +1,34 @@
 """The engine interface: what the trainer and the judges need from a policy.
 
-An ``Engine`` owns a causal LM and its tokenizer and offers
-- sampling with behaviour log-probs (``generate`` -> ``Sample``),
-- the final-norm hidden states and the output projection, so callers can compute
-  log-probs or verdict probabilities with the fused ops of ``rubricrl.ops``
-  without materialising ``[tokens, vocab]`` logits,
-- a prefix-cached forward (``forward_with_cache``) so a judge computes a shared prompt
-  prefix once and continues it many times (see ``rubricrl.engines.cache.expand_cache``),
-- a policy version that tags every sample with the weights that produced it.
+An ``Engine`` owns a causal LM and its tokenizer. Self-grading and rollout use operations
+only, so any engine (``HFEngine``, ``VLLMEngine``) can sample and grade:
+
+- ``generate``: sampling with behaviour log-probs (``Sample``);
+- ``token_logprobs``: ``log_softmax(logits / T)`` of given response tokens (teacher-forced);
+- ``verdict_probs``: p(met) (and the verdict mass) of the token that follows each
+  ``VerdictRequest`` (prefix + body + suffix), requests sharing prefixes; how the shared
+  prefixes are reused (a KV cache, an automatic prefix cache) is the engine's business;
+- ``load_weights(state_dict, version)`` / ``bump_version()``: new weights, a new version,
+  recorded in every sample and judgment;
+- ``device``: where its tensors live.
+
+The trainer also needs the torch model it updates: ``model``, ``hidden_states`` and
+``output_projection`` (the fused loss ops work on hidden states and the LM head, never on
+``[tokens, vocab]`` logits). An engine that serves a separate copy (vLLM) keeps the
+trainer's model here and syncs its serving copy on ``bump_version`` / ``load_weights``.
 """
 
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
-from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["ChatMessages", "Engine", "Prompt", "Sample"]
+__all__ = ["ChatMessages", "Engine", "Prompt", "Sample", "VerdictOptions", "VerdictRequest", "check_sampling_args"]
 
 ChatMessages = Sequence[Mapping[str, Any]]
 # A prompt is either chat messages ([{"role": ..., "content": ...}, ...]), rendered with the
@@ -53,6 +62,41 @@ class Sample:
     policy_version: int
 
 
+@dataclass(frozen=True)
+class VerdictRequest:
+    """Score the next token after ``prefix + body + suffix``, for every suffix.
+
+    A judge request: ``prefix`` (instructions + conversation) is shared by the G responses of a
+    prompt, ``body`` (the response) by the rubric items of one response, each of ``suffixes``
+    (one rubric item, ending right before the verdict token) is scored once. All token ids.
+    """
+
+    prefix: Sequence[int]
+    body: Sequence[int]
+    suffixes: Sequence[Sequence[int]]
+
+
+@dataclass(frozen=True)
+class VerdictOptions:
+    """How an engine may batch ``verdict_probs`` (hints; an engine ignores what it cannot use).
+
+    Attributes:
+        share_prefix: reuse the shared prefix and body instead of running every full prompt
+            (``HFEngine``: its KV cache; ``VLLMEngine`` always shares through its prefix cache).
+        max_batch_tokens: bound on one forward (rows x context tokens); None = the engine's default.
+        batch_overhead_tokens: the cost of one more batch, in padded tokens, when cutting batches.
+        pad_unshared: ``share_prefix=False``: batch rows of different lengths with padding
+            (None: on GPUs only).
+        backend: the ``rubricrl.ops.verdict_probs`` backend for engines that use it (None = automatic).
+    """
+
+    share_prefix: bool = True
+    max_batch_tokens: int | None = None
+    batch_overhead_tokens: int = 128
+    pad_unshared: bool | None = None
+    backend: str | None = None
+
+
 class Engine(abc.ABC):
     """Abstract policy engine. Subclasses implement the abstract methods.
 
@@ -76,6 +120,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer (left padding, pad token set)."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the engine's (trainer-side) tensors live: the output projection's device."""
+        return self.output_projection()[0].device
 
     @property
     def policy_version(self) -> int:
@@ -135,35 +184,87 @@ class Engine(abc.ABC):
     def output_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(weight [V, H], bias [V] or None)`` of the output projection (the live parameters)."""
 
-    @abc.abstractmethod
-    def forward_with_cache(
+    def token_logprobs(
         self,
-        input_ids: torch.Tensor,
-        past_key_values: Cache | None = None,
-        attention_mask: torch.Tensor | None = None,
-        segment_ids: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, Cache]:
-        """Forward ``input_ids [B, T]`` after the tokens held in ``past_key_values``.
+        prompt_ids: Sequence[Sequence[int]],
+        response_ids: Sequence[Sequence[int]],
+        *,
+        temperature: float = 1.0,
+    ) -> list[list[float]]:
+        """``log_softmax(logits / T)`` of every response token after its prompt, teacher-forced.
 
         Args:
-            input_ids: LongTensor ``[B, T]`` of new tokens.
-            past_key_values: a ``DynamicCache`` with batch size ``B`` holding a prefix, or None.
-                It is extended in place; use ``expand_cache`` to continue one prefix several times.
-            attention_mask: ``[B, past + T]`` covering prefix and new tokens (1 = token,
-                0 = padding); None means no padding.
-            segment_ids: ``[B, T]`` int64 or None. Packs several continuations of the cached
-                prefix into one row: each run of equal ids ``>= 0`` (contiguous) is its own
-                sequence after the prefix, attending to the prefix and to itself only, its
-                positions starting right after the prefix; ``-1`` marks padding. The new-token
-                part of ``attention_mask`` must then be ``segment_ids >= 0``. The cache keeps
-                the packed tokens: continue it only with ``segment_ids`` again, or not at all.
+            prompt_ids: per row, the prompt token ids (non-empty).
+            response_ids: per row, the response token ids (non-empty).
+            temperature: ``T`` (> 0).
 
         Returns:
-            ``(hidden [B, T, H], cache)``: final-norm hidden states of the new tokens and the
-            cache now holding prefix + new tokens.
+            per row, one Python float (computed in fp32) per response token: the definition of
+            ``Sample.behaviour_logprobs`` and of the trainer's ``lp``. This default runs
+            ``hidden_states`` on the left-padded rows and ``rubricrl.ops.fused_linear_logprobs``.
         """
+        from rubricrl.engines.scoring import token_logprobs_from_hidden
+
+        return token_logprobs_from_hidden(self, prompt_ids, response_ids, temperature)
+
+    def verdict_probs(
+        self,
+        requests: Sequence[VerdictRequest],
+        yes_ids: Sequence[int],
+        no_ids: Sequence[int],
+        *,
+        temperature: float,
+        return_mass: bool = True,
+        options: VerdictOptions | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Verdict probabilities of the token after every (request, suffix).
+
+        With ``l`` the next-token logits and ``z = l / temperature``:
+        ``p_met = sum_yes e^z / sum_{yes+no} e^z``, ``mass = sum_{yes+no} softmax(z)``.
+
+        Returns:
+            ``(p_met [N], mass [N] or None)``, fp32 on the CPU, ``N = sum(len(r.suffixes))``,
+            in request order then suffix order. This default runs every full prompt through
+            ``hidden_states`` (no prefix sharing) and ``rubricrl.ops.verdict_probs``.
+        """
+        from rubricrl.engines.scoring import verdict_probs_from_hidden
+
+        options = options or VerdictOptions()
+        return verdict_probs_from_hidden(
+            self, requests, yes_ids, no_ids, temperature, return_mass, options, share_prefix=False
+        )
+
+    def snapshot(self) -> Engine:
+        """A second engine with a copy of the weights, at the same policy version, for a
+        producer thread (``pipeline.overlap``). Engines that cannot copy themselves raise."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot copy itself for pipeline.overlap; pass snapshot_factory="
+        )
+
+    def close(self) -> None:
+        """Release what the engine holds beyond its Python objects (a serving engine's
+        worker, memory). Idempotent; the default holds nothing."""
 
 
 def _check_version(version: object, name: str) -> None:
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise ValueError(f"{name} must be a non-negative int, got {version!r}")
+
+
+def check_sampling_args(n: object, max_new_tokens: object, temperature: object, top_p: object, seed: object) -> None:
+    """Raise ValueError naming the first bad argument of ``Engine.generate``."""
+    _check_int(n, "n", minimum=1)
+    _check_int(max_new_tokens, "max_new_tokens", minimum=1)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+        math.isfinite(temperature) and temperature > 0
+    ):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if seed is not None:
+        _check_int(seed, "seed", minimum=0)
+
+
+def _check_int(value: object, name: str, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from transformers import DynamicCache
 
-__all__ = ["cache_batch_size", "expand_cache"]
+__all__ = ["cache_batch_size", "expand_cache", "select_rows"]
 
 
 def expand_cache(cache: DynamicCache, repeats: int) -> DynamicCache:
@@ -57,3 +58,22 @@ def cache_batch_size(cache: DynamicCache) -> int | None:
         if keys is not None and keys.numel() > 0:
             return int(keys.shape[0])
     return None
+
+
+def select_rows(cache: DynamicCache, rows: torch.Tensor, batch: int) -> DynamicCache:
+    """A new cache whose entry ``j`` is entry ``rows[j]`` of ``cache`` (batch size ``batch``),
+    which is left unchanged. ``rows`` is an int64 ``[n]`` tensor of indices into the batch."""
+    n = rows.numel()
+    if n % batch == 0 and torch.equal(rows, torch.arange(batch).repeat_interleave(n // batch)):
+        return expand_cache(cache, n // batch)  # the common case: every item of every response
+    out = expand_cache(cache, 1)
+    out.batch_select_indices(rows.to(_cache_device(cache)))
+    return out
+
+
+def _cache_device(cache: DynamicCache) -> torch.device:
+    for layer in cache.layers:
+        keys = getattr(layer, "keys", None)
+        if keys is not None:
+            return keys.device
+    return torch.device("cpu")

@@ -20,7 +20,7 @@ the ``top_p`` nucleus, because that is what the trainer's ``lp`` is.
 from __future__ import annotations
 
 import contextlib
-import math
+import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 from transformers import Cache, DynamicCache, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from rubricrl.engines.base import Engine, Prompt, Sample
+from rubricrl.engines.base import Engine, Prompt, Sample, VerdictOptions, VerdictRequest, check_sampling_args
 from rubricrl.engines.cache import cache_batch_size
 from rubricrl.engines.padding import left_pad, position_ids_from_mask
 from rubricrl.engines.prompts import encode_prompts
 from rubricrl.engines.split_attention import SplitAttention, split_attention, supports_split_attention
 from rubricrl.models.loading import load_policy
-from rubricrl.ops import fused_linear_logprobs
+from rubricrl.engines.scoring import verdict_probs_from_hidden
 
 __all__ = ["HFEngine", "preserved_model_state"]
 
@@ -186,16 +186,7 @@ class HFEngine(Engine):
         Returns:
             ``len(prompts)`` lists of ``n`` ``Sample`` each, tagged with the current policy version.
         """
-        _check_int(n, "n", minimum=1)
-        _check_int(max_new_tokens, "max_new_tokens", minimum=1)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-            math.isfinite(temperature) and temperature > 0
-        ):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-        if seed is not None:
-            _check_int(seed, "seed", minimum=0)
+        check_sampling_args(n, max_new_tokens, temperature, top_p, seed)
         prompt_ids = encode_prompts(self._tokenizer, prompts)
         if not prompt_ids:
             return []
@@ -238,7 +229,7 @@ class HFEngine(Engine):
             responses.append(row if end is None else row[: end + 1])
             finished.append(end is not None)
 
-        logprobs = self._behaviour_logprobs(input_ids, prompt_mask, responses, temperature)
+        logprobs = self.token_logprobs(rows, responses, temperature=temperature)
         return [
             Sample(
                 prompt_ids=list(prompt),
@@ -251,54 +242,41 @@ class HFEngine(Engine):
             for prompt, resp, done, lp in zip(rows, responses, finished, logprobs)
         ]
 
-    def _behaviour_logprobs(
-        self,
-        prompt_ids: torch.Tensor,
-        prompt_mask: torch.Tensor,
-        responses: list[list[int]],
-        temperature: float,
-    ) -> list[list[float]]:
-        """``log_softmax(logits / T)`` of each response token, from one teacher-forced forward.
-
-        Args:
-            prompt_ids, prompt_mask: the left-padded prompts ``[B, P]`` that were sampled from.
-            responses: the sampled token ids per row (unpadded; may be ``[stop_id]`` only).
-
-        Returns:
-            per row, one Python float (computed in fp32) per response token.
-        """
-        device = prompt_ids.device
-        batch, prompt_len = prompt_ids.shape
-        width = max(len(r) for r in responses)
-        response_ids = torch.full((batch, width), self._tokenizer.pad_token_id, dtype=torch.long)
-        response_mask = torch.zeros((batch, width), dtype=torch.long)
-        for b, resp in enumerate(responses):
-            response_ids[b, : len(resp)] = torch.tensor(resp, dtype=torch.long)
-            response_mask[b, : len(resp)] = 1
-        response_ids, response_mask = response_ids.to(device), response_mask.to(device)
-
-        hidden = self.hidden_states(
-            torch.cat([prompt_ids, response_ids], dim=1), torch.cat([prompt_mask, response_mask], dim=1)
-        )
-        # The hidden state at position p predicts token p + 1: response token k is
-        # predicted at prompt_len - 1 + k (left padding puts every prompt's end there).
-        predicting = hidden[:, prompt_len - 1 : prompt_len - 1 + width]
-        valid = response_mask.bool()
-        weight, bias = self.output_projection()
-        # rubricrl's fused op: vocabulary-chunked, never [tokens, V] logits, fp32 accumulation
-        flat = fused_linear_logprobs(
-            predicting[valid], weight, response_ids[valid], bias=bias, temperature=temperature
-        )
-        out: list[list[float]] = []
-        offset = 0
-        for resp in responses:
-            out.append(flat[offset : offset + len(resp)].tolist())
-            offset += len(resp)
-        return out
-
     def _decode_response(self, response_ids: list[int], finished: bool) -> str:
         text_ids = response_ids[:-1] if finished else response_ids
         return self._tokenizer.decode(text_ids, skip_special_tokens=True)
+
+    # ---- scoring --------------------------------------------------------------------
+
+    def verdict_probs(
+        self,
+        requests: Sequence[VerdictRequest],
+        yes_ids: Sequence[int],
+        no_ids: Sequence[int],
+        *,
+        temperature: float,
+        return_mass: bool = True,
+        options: VerdictOptions | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """See ``Engine.verdict_probs``. The fused path: prefixes and bodies run once in a
+        prefix-shared KV cache (``forward_with_cache``), then ``rubricrl.ops.verdict_probs``
+        on the verdict-position hidden states (``rubricrl.engines.scoring``)."""
+        options = options or VerdictOptions()
+        return verdict_probs_from_hidden(
+            self, requests, yes_ids, no_ids, temperature, return_mass, options, share_prefix=options.share_prefix
+        )
+
+    def snapshot(self) -> HFEngine:
+        """An ``HFEngine`` over a deep copy of the model (and of the tokenizer: fast tokenizers
+        are not safe to share between threads), same settings and policy version."""
+        twin = HFEngine(
+            copy.deepcopy(self._model),
+            copy.deepcopy(self._tokenizer),
+            max_batch_size=self._max_batch_size,
+            policy_version=self.policy_version,
+        )
+        twin.split_attention = self.split_attention
+        return twin
 
     # ---- forward passes for trainers and judges ---------------------------------------
 
@@ -553,11 +531,6 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-def _check_int(value: object, name: str, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _describe(value: object) -> str:

@@ -22,14 +22,13 @@ sampling, so such runs are not bitwise reproducible.
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
-from rubricrl.engines import Engine, HFEngine
+from rubricrl.engines import Engine
 from rubricrl.pipeline.rollout import RolloutBatch
 
 __all__ = ["RolloutPipeline", "snapshot_engine"]
@@ -38,18 +37,12 @@ RolloutFn = Callable[[Engine, int], RolloutBatch]
 
 
 def snapshot_engine(engine: Engine) -> Engine:
-    """A second engine over a deep copy of ``engine``'s model (and tokenizer: fast tokenizers
-    are not safe to share between threads), at the same policy version."""
-    if not isinstance(engine, HFEngine):
-        raise TypeError(
-            f"pipeline.overlap needs a way to copy the engine; pass snapshot_factory= for {type(engine).__name__}"
-        )
-    return HFEngine(
-        copy.deepcopy(engine.model),
-        copy.deepcopy(engine.tokenizer),
-        max_batch_size=engine._max_batch_size,  # noqa: SLF001 - same package family, same settings
-        policy_version=engine.policy_version,
-    )
+    """``engine.snapshot()``: a second engine with a copy of the weights, at the same policy
+    version (``HFEngine``: a deep copy of model and tokenizer)."""
+    try:
+        return engine.snapshot()
+    except NotImplementedError as err:
+        raise TypeError(str(err)) from None
 
 
 def _weights(engine: Engine) -> dict[str, torch.Tensor]:

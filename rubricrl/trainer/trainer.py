@@ -39,6 +39,7 @@ import torch
 
 from rubricrl.config import TrainConfig, torch_dtype
 from rubricrl.engines import Engine, HFEngine
+from rubricrl.engines.factory import make_engine
 from rubricrl.judges.base import Judge
 from rubricrl.pipeline import (
     PromptSchedule,
@@ -88,7 +89,7 @@ class Trainer:
 
     Args:
         config: a validated :class:`~rubricrl.config.TrainConfig`.
-        engine: the policy engine (default: ``HFEngine.from_path(config.model.path, ...)``).
+        engine: the policy engine (default: ``make_engine(config.engine.backend, config.model.path, ...)``).
         judge: replaces the judge of ``config.reward.judge`` (e.g. a custom judge).
         reward_source: replaces the reward source of ``config.reward.source``.
         console: a ``rich.console.Console`` for the progress bar and logs (default: stderr).
@@ -143,12 +144,14 @@ class Trainer:
             self.reward.pools(), config.data.prompts_per_step, seed=tr.seed, shuffle=config.data.shuffle
         )
         if engine is None:
-            engine = HFEngine.from_path(
+            engine = make_engine(
+                config.engine.backend,
                 config.model.path,
                 seed=config.model.seed,
                 dtype=torch_dtype(config.model.dtype),
                 device=resolve_device(config.model.device),
                 max_batch_size=config.rollout.max_batch_size,
+                kv_cache_mb=config.engine.kv_cache_mb,
             )
         self.engine = engine
         ro = config.rollout
