@@ -1,4 +1,4 @@
-// CPU kernel of rubricrl::group_advantages (SPEC §2).
+// CPU kernel of rubricrl::group_advantages (docs/algorithms.md §2).
 //
 // A_i = (S_i - mean_g) / (std_g + eps) (unbiased std) or S_i - mean_g; groups of
 // one and groups whose scores are all equal read 0. Groups are found by a

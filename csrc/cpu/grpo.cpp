@@ -1,4 +1,4 @@
-// CPU kernels of rubricrl::grpo_loss and rubricrl::fused_linear_grpo_loss (SPEC §1).
+// CPU kernels of rubricrl::grpo_loss and rubricrl::fused_linear_grpo_loss (docs/algorithms.md §1).
 //
 // Both produce the loss, its metrics and its gradient in one pass: every term
 // of the loss is a function of one token's log-prob (and entropy) times an

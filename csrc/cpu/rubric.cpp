@@ -1,4 +1,4 @@
-// CPU kernels of rubricrl::rubric_scores / rubric_scores_backward (SPEC §3).
+// CPU kernels of rubricrl::rubric_scores / rubric_scores_backward (docs/algorithms.md §3).
 //
 // Items are segmented by CSR offsets int64 [R+1]: response r owns the items
 // [offsets[r], offsets[r+1]). Per response
@@ -58,7 +58,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rubric_scores_fwd(const at::Tenso
         num += p[i] * m[i];
         pos += std::max(p[i], 0.f);
       }
-      // No positive points: the score is undefined (SPEC §3), not 0/0 by accident.
+      // No positive points: the score is undefined (docs/algorithms.md §3), not 0/0 by accident.
       const float x = pos > 0.f ? num / pos : std::numeric_limits<float>::quiet_NaN();
       raw_out[r] = x;
       den_out[r] = pos;

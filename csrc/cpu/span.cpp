@@ -1,4 +1,4 @@
-// CPU kernel of rubricrl::span_mean_prob (RLPR, SPEC §4).
+// CPU kernel of rubricrl::span_mean_prob (RLPR, docs/algorithms.md §4).
 //
 // The caller passes only the span positions: hidden [M, H] predicts the span
 // tokens targets [M]; span_index [M] says which of num_spans spans each position

@@ -1,4 +1,4 @@
-// CPU kernel of rubricrl::verdict_probs (SPEC §3, judge mode `logprob`).
+// CPU kernel of rubricrl::verdict_probs (docs/algorithms.md §3, judge mode `logprob`).
 //
 // From the hidden state at the verdict position, only the output-projection
 // rows of the verdict tokens are needed for p(met):

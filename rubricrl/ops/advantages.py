@@ -1,4 +1,4 @@
-"""Group-relative advantages (SPEC §2): each response's score against its group's.
+"""Group-relative advantages (docs/algorithms.md §2): each response's score against its group's.
 
 ``A_i = (S_i - mean_g) / (std_g + eps)`` with the unbiased std, or ``S_i - mean_g``
 with ``norm_by_std=False`` (Dr. GRPO). A group of one response and a group whose

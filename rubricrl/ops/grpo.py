@@ -1,4 +1,4 @@
-"""Clipped token-level GRPO loss (SPEC §1), on log-probs or fused with the output projection.
+"""Clipped token-level GRPO loss (docs/algorithms.md §1), on log-probs or fused with the output projection.
 
 ``grpo_loss`` takes per-token log-probs (e.g. from :func:`fused_linear_logprobs`);
 ``fused_linear_grpo_loss`` goes from hidden states and the lm_head weight to the
@@ -126,7 +126,7 @@ def grpo_loss(
     horizon: int | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped token-level GRPO/DAPO policy loss (SPEC §1).
+    """Clipped token-level GRPO/DAPO policy loss (docs/algorithms.md §1).
 
     Per valid token: ``r = exp(clamp(lp - old, -20, 20))``,
     ``pg = max(-A*r, -A*clip(r, 1-eps_low, 1+eps_high))``, with dual clip

@@ -1,4 +1,4 @@
-"""Segmented rubric scores (SPEC §3) for many responses at once.
+"""Segmented rubric scores (docs/algorithms.md §3) for many responses at once.
 
 Response ``r`` owns the rubric items ``item_offsets[r]:item_offsets[r+1]`` (CSR
 offsets). Its score is ``sum_i p_i * met_i / sum_i max(p_i, 0)``, clipped to
@@ -68,7 +68,7 @@ def rubric_scores(
             the behaviour is present).
         item_offsets: integer ``[R+1]`` CSR offsets: response ``r`` owns items
             ``item_offsets[r]:item_offsets[r+1]``; starts at 0, non-decreasing, ends at I.
-        clip: clip the score to [0, 1] (SPEC §3); ``False`` returns the raw ratio.
+        clip: clip the score to [0, 1] (docs/algorithms.md §3); ``False`` returns the raw ratio.
         backend: ``torch``, ``cpp`` or ``triton``; default: see :mod:`rubricrl.ops._backend`.
 
     Returns:

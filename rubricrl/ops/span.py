@@ -1,4 +1,4 @@
-"""RLPR probability reward: mean token probability over marked spans (SPEC §4).
+"""RLPR probability reward: mean token probability over marked spans (docs/algorithms.md §4).
 
 The caller passes only the span positions: the hidden states that predict the
 span tokens (e.g. the reference answer substituted into a response), the span

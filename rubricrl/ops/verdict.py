@@ -1,4 +1,4 @@
-"""Verdict probabilities of a self-grading judge (SPEC §3, judge mode ``logprob``).
+"""Verdict probabilities of a self-grading judge (docs/algorithms.md §3, judge mode ``logprob``).
 
 At the verdict position of a judge prompt, ``p(met) = sum_{yes} e^{l/T} /
 sum_{yes ∪ no} e^{l/T}`` needs only the output-projection rows of the verdict
@@ -76,7 +76,7 @@ def verdict_probs(
             a list of ints is accepted too.
         no_ids: integer ``[Kn]`` token ids meaning "not met". Both non-empty, ids in [0, V),
             no id repeated or shared between the two.
-        temperature: grading temperature T > 0 (SPEC §3).
+        temperature: grading temperature T > 0 (docs/algorithms.md §3).
         return_mass: also return the verdict mass ``sum_{y in yes ∪ no} softmax(l/T)_y`` under
             the full-vocabulary softmax (one extra chunked pass over V, forward only).
         bias: optional ``[V]``.
