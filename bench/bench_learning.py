@@ -7,6 +7,7 @@ mean rewards and their seed-to-seed spread to ``bench/results/learning.json``, a
 to ``bench/results/learning.png``.
 
     python -m bench.bench_learning                       # 3 seeds x 120 steps
+    python -m bench.bench_learning --jobs 3 --threads 1  # the 3 seeds in parallel processes
     python -m bench.bench_learning --seeds 0 1 --steps 100 --set optim.lr=3e-3
 
 ``tests/test_learning.py`` runs a shorter version with one fixed seed (``run_learning``).
@@ -67,23 +68,33 @@ def summarize(rewards: list[float], window: int = 10) -> dict:
     return {"first10": first, "last10": last, "gain": last - first}
 
 
+def _one_run(seed: int, steps: int, overrides: list[str], threads: int) -> dict:
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    rewards = run_learning(seed, steps, overrides)
+    return {"seed": seed, "seconds": time.perf_counter() - t0, **summarize(rewards), "rewards": rewards}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=120)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    p.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--name", default="learning", help="results file stem under bench/results/")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    runs = []
-    for seed in args.seeds:
-        t0 = time.perf_counter()
-        rewards = run_learning(seed, args.steps, args.overrides)
-        run = {"seed": seed, "seconds": time.perf_counter() - t0, **summarize(rewards), "rewards": rewards}
-        runs.append(run)
-        print(f"seed {seed}: first10 {run['first10']:.3f} last10 {run['last10']:.3f} gain {run['gain']:+.3f} ({run['seconds']:.0f} s)")
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs) as pool:
+            runs = list(pool.map(_one_run, args.seeds, [args.steps] * len(args.seeds), [args.overrides] * len(args.seeds), [args.threads] * len(args.seeds)))
+    else:
+        runs = [_one_run(seed, args.steps, args.overrides, args.threads) for seed in args.seeds]
+    for run in runs:
+        print(f"seed {run['seed']}: first10 {run['first10']:.3f} last10 {run['last10']:.3f} gain {run['gain']:+.3f} ({run['seconds']:.0f} s)")
 
     def spread(key: str) -> dict:
         values = [r[key] for r in runs]
@@ -101,6 +112,7 @@ def main() -> None:
         "overrides": args.overrides,
         "steps": args.steps,
         "threads": args.threads,
+        "jobs": args.jobs,
         "load_avg": os.getloadavg(),
         "dtype": "float32",
     }

@@ -81,7 +81,7 @@ class ModelConfig:
 class DataConfig:
     """Training prompts."""
 
-    dataset: str = "builtin"  # "builtin" or a HealthBench-style rubric JSONL path
+    dataset: str = "builtin"  # "builtin", "builtin:learning" or a HealthBench-style rubric JSONL path
     prompts_per_step: int = 4
     shuffle: bool = True
     min_items: int = 0  # keep only prompts with at least this many rubric items

@@ -15,8 +15,9 @@ import statistics
 
 from bench.bench_learning import run_learning
 
-#: Measured: max - min over seeds 0, 1, 2 of the first-10-step mean reward (bench/results/learning.json).
-FIRST10_SPREAD = 0.05
+#: Measured: max - min over seeds 0, 1, 2 of the first-10-step mean reward, 0.2121..0.2266
+#: (bench/results/learning.json); the 120-step gains were 0.711, 0.724, 0.725.
+FIRST10_SPREAD = 0.015
 #: Required gain of the last-10 over the first-10 mean reward.
 MARGIN = 0.3
 STEPS = 40
