@@ -115,7 +115,7 @@ class EngineConfig:
 class DataConfig:
     """Training prompts."""
 
-    dataset: str = "builtin"  # "builtin" or a HealthBench-style rubric JSONL path
+    dataset: str = "builtin"  # "builtin", "builtin:learning" or a HealthBench-style rubric JSONL path
     prompts_per_step: int = 4
     shuffle: bool = True
     min_items: int = 0  # keep only prompts with at least this many rubric items
@@ -487,7 +487,7 @@ def _validate(cfg: TrainConfig) -> None:
     problem = device_problem(cfg.model.device)
     _check(problem is None, "model.device", problem or "")
     at_least("data.prompts_per_step", cfg.data.prompts_per_step, 1)
-    _check_data_file("data.dataset", cfg.data.dataset)
+    _check_data_file("data.dataset", cfg.data.dataset, ("builtin", "builtin:learning"))
     at_least("data.min_items", cfg.data.min_items, 0)
     _check(0.0 <= cfg.data.mix_fraction <= 1.0, "data.mix_fraction", f"must lie in [0, 1], got {cfg.data.mix_fraction}")
     at_least("rollout.n", cfg.rollout.n, 1)
@@ -579,13 +579,14 @@ def device_problem(name: str) -> str | None:
     return None
 
 
-def _check_data_file(path: str, value: str) -> None:
-    """A data key is ``builtin`` or names a readable file (checked now, not after a step)."""
-    if value == "builtin":
+def _check_data_file(path: str, value: str, builtins: tuple[str, ...] = ("builtin",)) -> None:
+    """A data key is one of ``builtins`` or names a readable file (checked now, not after a step)."""
+    if value in builtins:
         return
-    _check(bool(value), path, "expected 'builtin' or a JSONL file path, got an empty string")
+    names = " or ".join(repr(b) for b in builtins)
+    _check(bool(value), path, f"expected {names} or a JSONL file path, got an empty string")
     file = Path(value)  # exactly what the loader will open
-    _check(file.exists(), path, f"{value!r}: no such file (use 'builtin' or a JSONL file path)")
+    _check(file.exists(), path, f"{value!r}: no such file (use {names} or a JSONL file path)")
     _check(file.is_file(), path, f"{value!r}: not a file (expected a JSONL file)")
 
 

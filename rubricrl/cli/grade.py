@@ -198,7 +198,8 @@ def _output_row(raw: dict, prompt, results, settings: dict, stats: dict) -> dict
             }
             if result.verdict_mass:
                 entry["verdict_mass"] = result.verdict_mass[k]
-                stats["mass"].append(result.verdict_mass[k])
+                if result.verdict_mass[k] is not None:  # None: a rule-checked item
+                    stats["mass"].append(result.verdict_mass[k])
             if result.item_raw:
                 entry["judge_output"] = result.item_raw[k]
                 entry["attempts"] = result.item_attempts[k]

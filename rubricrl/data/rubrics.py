@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rubricrl.data.jsonl import DataError, PathLike, iter_jsonl_objects, write_jsonl
+from rubricrl.rewards.rule_checks import CheckError, RuleCheck, parse_check
 
 __all__ = [
     "ROLES",
@@ -34,6 +35,7 @@ __all__ = [
     "MetaEvalRow",
     "RubricItem",
     "RubricPrompt",
+    "RuleCheck",
     "load_meta_eval_jsonl",
     "load_rubric_jsonl",
     "write_jsonl",
@@ -49,16 +51,29 @@ class RubricItem:
 
     ``points`` may be negative: the criterion then describes undesirable
     behaviour and "met" means that behaviour is present (docs/algorithms.md §3).
+
+    ``check``: a rule that grades this item exactly by code (docs/rubrics.md); ``None`` =
+    graded by the judge. ``criterion`` still describes the item for people.
     """
 
     criterion: str
     points: float
     tags: list[str] = field(default_factory=list)
+    check: RuleCheck | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # Whole points are written as integers, the way rubric files are usually authored.
         points = int(self.points) if float(self.points).is_integer() else self.points
-        return {"criterion": self.criterion, "points": points, "tags": list(self.tags)}
+        out: dict[str, Any] = {"criterion": self.criterion, "points": points, "tags": list(self.tags)}
+        if self.check is not None:
+            out["check"] = self.check.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RubricItem:
+        """Inverse of :meth:`to_dict` for already-validated items (checkpoints, rollouts)."""
+        check = d.get("check")
+        return cls(d["criterion"], float(d["points"]), list(d.get("tags", [])), None if check is None else parse_check(check))
 
 
 @dataclass
@@ -117,7 +132,8 @@ def load_rubric_jsonl(path: PathLike) -> list[RubricPrompt]:
     ``prompt`` (non-empty list of ``{role, content}`` messages, role one of
     system/user/assistant), ``rubrics`` (non-empty list of
     ``{criterion, points, tags?}``; criterion a non-empty string, points a finite
-    number, tags a list of strings). Optional: ``example_tags`` (list of strings),
+    number, tags a list of strings, check an optional rule object validated by
+    :func:`rubricrl.rewards.rule_checks.parse_check`). Optional: ``example_tags`` (list of strings),
     ``ideal_completions_data`` (object or null).
 
     A rubric set without any positive points is rejected, naming the prompt:
@@ -249,7 +265,13 @@ class _Row:
         if not finite:
             self.fail(f"{name}.points", f"expected a finite number, got {points}")
         tags = self.str_list(raw.get("tags", []), f"{name}.tags")
-        return RubricItem(criterion, float(points), tags)
+        check = None
+        if "check" in raw:
+            try:
+                check = parse_check(raw["check"])
+            except CheckError as err:
+                self.fail(f"{name}.check.{err.field}" if err.field else f"{name}.check", err.problem)
+        return RubricItem(criterion, float(points), tags, check)
 
 
 def _kind(value: Any) -> str:

@@ -35,6 +35,8 @@ class GradeResult:
     ``verdict_mass``: the share of probability on the verdict tokens (logprob judge only).
     ``item_raw``: the judge's last output text per item (generate judge only).
     ``item_attempts``: judge calls made per item (generate judge only).
+    Rule-checked items (an item with a ``check``) have ``item_probs`` = ``item_met`` = 1.0 or
+    0.0 exactly, ``verdict_mass`` and ``item_raw`` None, ``item_attempts`` 0.
     """
 
     item_probs: list[float | None]
@@ -43,8 +45,8 @@ class GradeResult:
     ungraded: bool
     n_failed: int
     judge_version: int
-    verdict_mass: list[float] = field(default_factory=list)
-    item_raw: list[str] = field(default_factory=list)
+    verdict_mass: list[float | None] = field(default_factory=list)
+    item_raw: list[str | None] = field(default_factory=list)
     item_attempts: list[int] = field(default_factory=list)
 
     @property

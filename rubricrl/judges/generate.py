@@ -21,6 +21,7 @@ import inspect
 
 from rubricrl.judges._common import check_positive_float, check_positive_int, check_requests
 from rubricrl.judges.base import GradeRequest, GradeResult
+from rubricrl.judges.rules import grade_with_rules
 from rubricrl.rewards.judge_parse import GradeOutcome, grade_with_retries, parse_verdict
 from rubricrl.rewards.judge_prompts import generate_judge_prompt
 from rubricrl.rewards.rubric_score import score_response
@@ -46,7 +47,8 @@ class GenerateJudge:
 
     After ``grade``, :attr:`last_outcomes` holds one
     :class:`~rubricrl.rewards.judge_parse.GradeOutcome` per (request, item) (raw text,
-    attempts, failed), for inspection.
+    attempts, failed), for inspection (judge items only: rule-checked items never reach
+    the engine).
     """
 
     name = "generate"
@@ -86,8 +88,12 @@ class GenerateJudge:
         )
 
     def grade(self, engine, requests: list[GradeRequest]) -> list[GradeResult]:
-        """Grade every request; see :class:`rubricrl.judges.base.Judge`."""
+        """Grade every request; see :class:`rubricrl.judges.base.Judge`. Rule-checked items
+        are graded by their checks (``rubricrl.judges.rules``), the others by the engine."""
         requests = check_requests(requests)
+        return grade_with_rules(engine, requests, lambda judged: self._grade_judge_items(engine, judged))
+
+    def _grade_judge_items(self, engine, requests: list[GradeRequest]) -> list[GradeResult]:
         version = engine.policy_version
         use_chat = self._use_chat(engine)
         pairs = [(r, k) for r, req in enumerate(requests) for k in range(len(req.items))]

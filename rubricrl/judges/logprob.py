@@ -27,6 +27,7 @@ from rubricrl.judges._common import (
 )
 from rubricrl.judges.base import GradeRequest, GradeResult
 from rubricrl.judges.encoding import JudgePromptEncoder, VerdictIds, verdict_token_ids
+from rubricrl.judges.rules import grade_with_rules
 
 __all__ = ["MODES", "LogprobJudge", "VerdictProbs", "verdicts_from_probs"]
 
@@ -139,8 +140,12 @@ class LogprobJudge:
     # ---- public --------------------------------------------------------------------
 
     def grade(self, engine, requests: list[GradeRequest]) -> list[GradeResult]:
-        """Grade every request; see :class:`rubricrl.judges.base.Judge`."""
+        """Grade every request; see :class:`rubricrl.judges.base.Judge`. Rule-checked items
+        are graded by their checks (``rubricrl.judges.rules``), the others by the engine."""
         requests = check_requests(requests)
+        return grade_with_rules(engine, requests, lambda judged: self._grade_judge_items(engine, judged))
+
+    def _grade_judge_items(self, engine, requests: list[GradeRequest]) -> list[GradeResult]:
         version = engine.policy_version
         probs = self.verdict_probs(engine, requests)
         met = verdicts_from_probs(probs.p_met, self.mode, generator=self._generator)
@@ -156,7 +161,10 @@ class LogprobJudge:
         )
 
     def verdict_probs(self, engine, requests: list[GradeRequest]) -> VerdictProbs:
-        """p(met) (and the verdict mass) of every (request, item), without applying the mode."""
+        """p(met) (and the verdict mass) of every (request, item), without applying the mode.
+
+        Every item is read from the model here, rule-checked or not (``grade`` sends only
+        the judge items)."""
         requests = check_requests(requests)
         encoder, ids = self._encoder(engine.tokenizer)
         queries = [

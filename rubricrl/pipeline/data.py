@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rubricrl.data import RubricItem, load_meta_eval_jsonl, load_rubric_jsonl
-from rubricrl.data.builtin import builtin_meta_eval, builtin_rubric_prompts
+from rubricrl.data.builtin import builtin_learning_prompts, builtin_meta_eval, builtin_rubric_prompts
 from rubricrl.data.rubrics import MetaEvalRow, RubricPrompt
 from rubricrl.rewards.judge_prompts import generate_judge_prompt
 
@@ -57,11 +57,14 @@ class TrainPrompt:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainPrompt:
-        items = [RubricItem(i["criterion"], float(i["points"]), list(i.get("tags", []))) for i in d["items"]]
+        items = [RubricItem.from_dict(i) for i in d["items"]]
         return cls(d["prompt_id"], [dict(m) for m in d["messages"]], d["kind"], items, d["reference"], d["label"])
 
 
 def _rubric_file(dataset: str) -> list[RubricPrompt]:
+    # "builtin:learning": the shipped all-rule-checked task (configs/learning.yaml).
+    if dataset == "builtin:learning":
+        return builtin_learning_prompts()
     rows = builtin_rubric_prompts() if dataset == "builtin" else load_rubric_jsonl(dataset)
     if not rows:
         raise ValueError(f"data.dataset {dataset!r}: no prompts (the file has no JSON object lines)")

@@ -19,15 +19,24 @@ from importlib import resources
 
 from rubricrl.data.rubrics import MetaEvalRow, RubricPrompt, load_meta_eval_jsonl, load_rubric_jsonl
 
-__all__ = ["builtin_meta_eval", "builtin_rubric_prompts"]
+__all__ = ["builtin_learning_prompts", "builtin_meta_eval", "builtin_rubric_prompts"]
 
 RUBRIC_PROMPTS_FILE = "rubric_prompts.jsonl"
 META_EVAL_FILE = "meta_eval.jsonl"
+#: The learning task (``data.dataset=builtin:learning``): every rubric item rule-checked, so
+#: the reward is exact and the embedded tiny model can be seen to climb it.
+LEARNING_PROMPTS_FILE = "learning_prompts.jsonl"
 
 
 def builtin_rubric_prompts() -> list[RubricPrompt]:
     """Load the shipped rubric prompts (validated like any other file)."""
     with resources.as_file(resources.files(__name__) / RUBRIC_PROMPTS_FILE) as path:
+        return load_rubric_jsonl(path)
+
+
+def builtin_learning_prompts() -> list[RubricPrompt]:
+    """Load the shipped learning task: rubric prompts whose items are all rule-checked."""
+    with resources.as_file(resources.files(__name__) / LEARNING_PROMPTS_FILE) as path:
         return load_rubric_jsonl(path)
 
 
