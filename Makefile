@@ -27,13 +27,12 @@ build: $(DEPS)
 	@test -x $(VENV)/bin/rubricrl || $(VPY) -m pip install -q --no-build-isolation --no-deps -e .
 	$(VPY) setup.py -q build_ext --inplace
 
-# Then the learning task (all rubric items rule-checked, so the reward is exact): the
+# The demo config (a few self-graded steps), then the learning task (all rubric items rule-checked, so the reward is exact): the
 # tiny model's reward must climb; its first-10 and last-10 step means end the demo.
 LEARN_DIR := runs/learning-demo
 demo: build
-	$(VENV)/bin/rubricrl train --config rubricrl/configs/demo.yaml
-	rm -rf $(LEARN_DIR)
-	$(VENV)/bin/rubricrl train --config rubricrl/configs/learning.yaml --set trainer.steps=40 --set trainer.log_every=5 --out $(LEARN_DIR)
+	$(VENV)/bin/rubricrl train --config rubricrl/configs/demo.yaml --overwrite
+	$(VENV)/bin/rubricrl train --config rubricrl/configs/learning.yaml --set trainer.steps=40 --set trainer.log_every=5 --out $(LEARN_DIR) --overwrite
 	@$(VPY) -c 'import json, statistics as st; r = [json.loads(l)["reward_mean"] for l in open("$(LEARN_DIR)/metrics.jsonl")]; print(f"learning task: mean reward of steps 1-10 {st.fmean(r[:10]):.3f} -> steps {len(r)-9}-{len(r)} {st.fmean(r[-10:]):.3f} (exact rule-checked rubric; curve: $(LEARN_DIR)/metrics.png)")'
 
 test: test-python test-cpp test-cuda-compile test-wheel
