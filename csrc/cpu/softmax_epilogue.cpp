@@ -135,15 +135,15 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 typedef float vfloat __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t vint __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
-inline vfloat vsplat(float v) { return vfloat{} + v; }
-inline vfloat vload(const float* p) {
+__attribute__((always_inline)) inline vfloat vsplat(float v) { return vfloat{} + v; }
+__attribute__((always_inline)) inline vfloat vload(const float* p) {
   vfloat v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-inline void vstore(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
+__attribute__((always_inline)) inline void vstore(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
 // vec_math::exp_approx lane-wise: the same range reduction and polynomial.
-inline vfloat vexp(vfloat x) { return vec_math::exp_approx<vfloat, vint>(x); }
+__attribute__((always_inline)) inline vfloat vexp(vfloat x) { return vec_math::exp_approx<vfloat, vint>(x); }
 
 }  // namespace
 
@@ -154,9 +154,64 @@ namespace {
 constexpr int64_t kColRows = 256;
 
 // Lanes [k, k + kLanes) of a per-token array.
-inline vfloat lanes(const float* p, int64_t k) { return vload(p + k); }
+__attribute__((always_inline)) inline vfloat lanes(const float* p, int64_t k) { return vload(p + k); }
 
 }  // namespace
+
+// The sweeps over vocabulary rows [v0, v1) of a chunk, one task's work each. They are
+// compiled for several x86-64 levels and picked at load time (GCC function
+// multi-versioning: an ifunc resolver reads the CPU), so a portable build (no
+// -march=native) still runs them on AVX-512 or AVX2 where the CPU has it: on the
+// benchmark's CPU the portable SSE build of these loops cost ~1 s of a ~6 s step.
+// They take raw pointers only, no lambdas or library templates, so each clone holds
+// the whole loop: the vector helpers are always_inline, since a call to a helper
+// compiled for the default target would pass 64-byte vectors through memory.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(RUBRICRL_NO_CPU_CLONES)
+#define RUBRICRL_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define RUBRICRL_CPU_CLONES
+#endif
+
+namespace cols {
+
+// pm[k] = max over the rows of x[v, k] (pm pre-filled by the caller).
+RUBRICRL_CPU_CLONES void sweep_max(const float* x, int64_t ld, int64_t v0, int64_t v1, int64_t nl, float* pm) {
+  for (int64_t v = v0; v < v1; ++v)
+    for (int64_t k = 0; k < nl; k += kLanes) {
+      const vfloat xv = vload(x + v * ld + k), m = lanes(pm, k);
+      vstore(pm + k, xv > m ? xv : m);  // NaN is dropped here but poisons the sums below
+    }
+}
+
+// ps += exp(d), pa += exp(d) d (pa may be null), d = (x - xmax) / T; x = exp(d) if keep_exp.
+RUBRICRL_CPU_CLONES void sweep_sum(float* x, int64_t ld, int64_t v0, int64_t v1, int64_t nl, const float* xmax,
+                                   float inv_t, float* ps, float* pa, bool keep_exp) {
+  for (int64_t v = v0; v < v1; ++v)
+    for (int64_t k = 0; k < nl; k += kLanes) {
+      float* px = x + v * ld + k;
+      const vfloat d = (vload(px) - lanes(xmax, k)) * inv_t;
+      const vfloat e = vexp(d);
+      vstore(ps + k, lanes(ps, k) + e);
+      if (pa != nullptr) vstore(pa + k, lanes(pa, k) + (((d == d) & (e != 0.f)) ? e * d : vsplat(0.f)));
+      if (keep_exp) vstore(px, e);
+    }
+}
+
+// x = the dense part of d logits: -p (gl + ge (z + shift)) / T, 0 where nothing flows.
+RUBRICRL_CPU_CLONES void sweep_grad(float* x, int64_t ld, int64_t v0, int64_t v1, int64_t nl, const float* g_lp,
+                                    const float* g_ent, const float* lse, const float* shift, float inv_t) {
+  for (int64_t v = v0; v < v1; ++v)
+    for (int64_t k = 0; k < nl; k += kLanes) {
+      float* px = x + v * ld + k;
+      const vfloat gl = lanes(g_lp, k), ge = lanes(g_ent, k);
+      const vfloat z = vload(px) * inv_t;
+      const vfloat pr = vexp(z - lanes(lse, k));
+      const vfloat g = -pr * (gl + ge * (z + lanes(shift, k))) * inv_t;
+      vstore(px, ((gl == 0.f) & (ge == 0.f)) | (pr == 0.f) ? vsplat(0.f) : g);  // z = -inf: 0, not 0 * inf
+    }
+}
+
+}  // namespace cols
 
 void softmax_cols_fused(float* x, int64_t ld, int64_t n, int64_t vocab, const int64_t* targets,
                         float inv_t, bool with_entropy, bool with_grad, bool entropy_grad,
@@ -177,11 +232,7 @@ void softmax_cols_fused(float* x, int64_t ld, int64_t n, int64_t vocab, const in
     for (int64_t p = p0; p < p1; ++p) {
       float* pm = part_max.data() + p * nl;
       std::fill(pm, pm + nl, kNegInf);
-      for (int64_t v = p * kColRows, v1 = std::min(vocab, v + kColRows); v < v1; ++v)
-        for (int64_t k = 0; k < nl; k += kLanes) {
-          const vfloat xv = vload(x + v * ld + k), m = lanes(pm, k);
-          vstore(pm + k, xv > m ? xv : m);  // NaN is dropped here but poisons the sums below
-        }
+      cols::sweep_max(x, ld, p * kColRows, std::min(vocab, (p + 1) * kColRows), nl, pm);
     }
   });
   // A token whose logits are all -inf subtracts 0 instead: exps are then exact zeros.
@@ -206,15 +257,8 @@ void softmax_cols_fused(float* x, int64_t ld, int64_t n, int64_t vocab, const in
       float* pa = with_entropy ? part_a.data() + p * nl : nullptr;
       std::fill(ps, ps + nl, 0.f);
       if (pa != nullptr) std::fill(pa, pa + nl, 0.f);
-      for (int64_t v = p * kColRows, v1 = std::min(vocab, v + kColRows); v < v1; ++v)
-        for (int64_t k = 0; k < nl; k += kLanes) {
-          float* px = x + v * ld + k;
-          const vfloat d = (vload(px) - lanes(xmax.data(), k)) * inv_t;
-          const vfloat e = vexp(d);
-          vstore(ps + k, lanes(ps, k) + e);
-          if (pa != nullptr) vstore(pa + k, lanes(pa, k) + (((d == d) & (e != 0.f)) ? e * d : vsplat(0.f)));
-          if (keep_exp) vstore(px, e);
-        }
+      cols::sweep_sum(x, ld, p * kColRows, std::min(vocab, (p + 1) * kColRows), nl, xmax.data(), inv_t, ps, pa,
+                      keep_exp);
     }
   });
   std::vector<float> sum_s(nl, 0.f), sum_a(nl, 0.f);
@@ -252,15 +296,8 @@ void softmax_cols_fused(float* x, int64_t ld, int64_t n, int64_t vocab, const in
   // With an entropy gradient the logits become the dense part of d logits in one more sweep.
   at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p)
-      for (int64_t v = p * kColRows, v1 = std::min(vocab, v + kColRows); v < v1; ++v)
-        for (int64_t k = 0; k < nl; k += kLanes) {
-          float* px = x + v * ld + k;
-          const vfloat gl = lanes(g_lp.data(), k), ge = lanes(g_ent.data(), k);
-          const vfloat z = vload(px) * inv_t;
-          const vfloat pr = vexp(z - lanes(lse_l.data(), k));
-          const vfloat g = -pr * (gl + ge * (z + lanes(shift.data(), k))) * inv_t;
-          vstore(px, ((gl == 0.f) & (ge == 0.f)) | (pr == 0.f) ? vsplat(0.f) : g);  // z = -inf: 0, not 0 * inf
-        }
+      cols::sweep_grad(x, ld, p * kColRows, std::min(vocab, (p + 1) * kColRows), nl, g_lp.data(), g_ent.data(),
+                       lse_l.data(), shift.data(), inv_t);
   });
 }
 

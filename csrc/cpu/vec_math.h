@@ -20,8 +20,9 @@ namespace vec_math {
 // One definition for a float (`F = float`, `I = int32_t`, vectorised by the
 // compiler under `#pragma omp simd`) and for GCC/Clang vector types (`F` a
 // `vector_size` float vector, `I` the int32 vector of the same lane count).
+// always_inline: it must inline into the CPU-level clones of its callers (softmax_epilogue).
 template <typename F, typename I>
-inline F exp_approx(F x) {
+__attribute__((always_inline)) inline F exp_approx(F x) {
   const F hi = F{} + 88.3762626647949f;
   const F lo = F{} + -87.3365447505531f;
   F xc = x > hi ? hi : x;
