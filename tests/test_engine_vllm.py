@@ -225,9 +225,10 @@ def test_a_training_step_on_vllm_equals_one_on_hf_given_the_same_samples(engines
 
     vllm_engine, hf_engine, base = engines
     _load(engines, base)
-    cfg = tiny_config(tmp_path, trainer={"steps": 1}, rollout={"n": 3, "max_new_tokens": 12})
     runs = {}
     for name, engine in (("vllm", vllm_engine), ("hf", hf_engine)):
+        # one run directory each: a directory belongs to one run (its lock)
+        cfg = tiny_config(tmp_path / name, trainer={"steps": 1}, rollout={"n": 3, "max_new_tokens": 12})
         runs[name] = Trainer(cfg, engine=engine)
     batch = runs["vllm"].rollout(vllm_engine, 1)
     assert batch.policy_version == vllm_engine.policy_version
@@ -239,6 +240,7 @@ def test_a_training_step_on_vllm_equals_one_on_hf_given_the_same_samples(engines
         upd = trainer.updater.update(update_batch)
         version = engine.bump_version()
         out[name] = (reward, stats, upd, version)
+        trainer.close()
     (rv, sv, uv, vv), (rh, sh, uh, vh) = out["vllm"], out["hf"]
     assert vv == vh
     assert rv.judge_version == rh.judge_version == batch.policy_version
