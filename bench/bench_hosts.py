@@ -123,7 +123,7 @@ def _write(meta: dict, rows: list[dict], tables: list[str], warmup: int) -> None
     md = (f"# Log-prob + entropy forward+backward: rubricrl vs TRL / verl heads (CPU)\n\n"
           f"Versions: {versions}. Load average (1/5/15 min) at the start: "
           f"{' / '.join(f'{x:.1f}' for x in meta['loadavg_before'])}, at the last block: "
-          f"{' / '.join(f'{x:.1f}' for x in now)} (the machine's 2 cores were shared with other jobs). "
+          f"{' / '.join(f'{x:.1f}' for x in now)} (other jobs on the machine raise it above the thread count). "
           f"Median of the timed steps after {warmup} warm-up step(s); peak extra memory = VmHWM over the RSS "
           f"once the inputs exist.\n\n" + "\n\n".join(tables) + "\n")
     (path.parent / "hosts.md").write_text(md)
