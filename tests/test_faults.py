@@ -31,20 +31,11 @@ from rubricrl.trainer.checkpoint import list_checkpoints
 from rubricrl.trainer.faults import ENV, POINTS
 from rubricrl.trainer.rundir import LOCK_NAME, RunDir
 from tests.test_trainer_e2e import TIMING
+from tests.test_trainer_helpers import TINY_CLI_SETS
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
-#: Small and fast: 2 prompts x 2 responses of <= 4 tokens, self-graded (logprob judge).
-BASE = [
-    "--set", "model.device=cpu",
-    "--set", "data.prompts_per_step=2",
-    "--set", "rollout.n=2",
-    "--set", "rollout.max_new_tokens=4",
-    "--set", "optim.lr=1e-3",
-    "--set", "trainer.progress=false",
-    "--set", "trainer.plot=false",
-    "--set", "trainer.log_every=1000",
-]  # fmt: skip
+BASE = TINY_CLI_SETS
 
 #: Two runs: eta 0 with a checkpoint every step, and eta 1 on the producer thread with a
 #: checkpoint every 2 steps (pending batches in the checkpoint; metrics cut back on resume).

@@ -20,19 +20,9 @@ from rubricrl.cli.grade import main_grade
 from rubricrl.models import load_policy
 from rubricrl.trainer import MetricsLog, RunDir, RunDirError, Trainer, plot_metrics
 from rubricrl.trainer.metrics import summary_line
-from tests.test_trainer_helpers import StubJudge, tiny_config
+from tests.test_trainer_helpers import TINY_CLI_SETS, StubJudge, tiny_config
 
-COMMON = [
-    "--set", "model.device=cpu",
-    "--set", "data.prompts_per_step=2",
-    "--set", "rollout.n=2",
-    "--set", "rollout.max_new_tokens=4",
-    "--set", "optim.lr=1e-3",
-    "--set", "trainer.progress=false",
-    "--set", "trainer.plot=false",
-    "--set", "trainer.log_every=1000",
-    "--set", "trainer.checkpoint_every=1",
-]  # fmt: skip
+COMMON = [*TINY_CLI_SETS, "--set", "trainer.checkpoint_every=1"]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -13,6 +13,20 @@ from rubricrl.judges.base import GradeResult
 from rubricrl.rewards.rubric_score import score_response
 
 
+#: ``--set`` overrides of a small, fast CLI run of the tiny model on the CPU: 2 prompts x 2
+#: responses of <= 4 tokens, self-graded (logprob judge), no progress bar, plot or logs.
+TINY_CLI_SETS = [
+    "--set", "model.device=cpu",
+    "--set", "data.prompts_per_step=2",
+    "--set", "rollout.n=2",
+    "--set", "rollout.max_new_tokens=4",
+    "--set", "optim.lr=1e-3",
+    "--set", "trainer.progress=false",
+    "--set", "trainer.plot=false",
+    "--set", "trainer.log_every=1000",
+]  # fmt: skip
+
+
 def tiny_config(tmp_path, **sections):
     """A config for a fast CPU run of the tiny model; ``sections`` override per section."""
     raw = {

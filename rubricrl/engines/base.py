@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -108,6 +109,26 @@ class Engine(abc.ABC):
     def __init__(self, *, policy_version: int = 0) -> None:
         _check_version(policy_version, "policy_version")
         self._policy_version = policy_version
+
+    @classmethod
+    def from_path(
+        cls,
+        model_path: str | Path | None = None,
+        *,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        **kwargs: Any,
+    ) -> Engine:
+        """``cls(*load_policy(model_path, seed=seed, dtype=dtype), device=device, **kwargs)``, for
+        engines built from a model and its tokenizer (``HFEngine``, ``VLLMEngine``).
+
+        ``model_path=None`` gives the embedded tiny model; this is what ``--model PATH`` maps to.
+        """
+        from rubricrl.models.loading import load_policy
+
+        model, tokenizer = load_policy(model_path, seed=seed, dtype=dtype)
+        return cls(model, tokenizer, device=device, **kwargs)  # type: ignore[call-arg]
 
     # ---- identity -------------------------------------------------------------------
 

@@ -23,7 +23,6 @@ import contextlib
 import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import Cache, DynamicCache, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -33,7 +32,6 @@ from rubricrl.engines.cache import cache_batch_size
 from rubricrl.engines.padding import left_pad, position_ids_from_mask
 from rubricrl.engines.prompts import encode_prompts
 from rubricrl.engines.split_attention import SplitAttention, split_attention, supports_split_attention
-from rubricrl.models.loading import load_policy
 from rubricrl.engines.scoring import verdict_probs_from_hidden
 
 __all__ = ["HFEngine", "preserved_model_state"]
@@ -83,23 +81,6 @@ class HFEngine(Engine):
         #: context and to the new tokens separately and merge (``engines.split_attention``)
         #: instead of one masked attention over both. None: where supported (CPU, full attention).
         self.split_attention: bool | None = None
-
-    @classmethod
-    def from_path(
-        cls,
-        model_path: str | Path | None = None,
-        *,
-        seed: int = 0,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-        **kwargs: object,
-    ) -> HFEngine:
-        """``HFEngine(*load_policy(model_path, seed=seed, dtype=dtype), device=device, **kwargs)``.
-
-        ``model_path=None`` gives the embedded tiny model; this is what ``--model PATH`` maps to.
-        """
-        model, tokenizer = load_policy(model_path, seed=seed, dtype=dtype)
-        return cls(model, tokenizer, device=device, **kwargs)  # type: ignore[arg-type]
 
     @classmethod
     @contextlib.contextmanager

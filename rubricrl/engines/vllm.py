@@ -58,7 +58,6 @@ import os
 import random
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,7 +66,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rubricrl.engines.base import Engine, Prompt, Sample, VerdictOptions, VerdictRequest, check_sampling_args
 from rubricrl.engines.hf import HFEngine
 from rubricrl.engines.prompts import encode_prompts
-from rubricrl.models.loading import load_policy
 
 __all__ = ["DEFAULT_KV_CACHE_BYTES", "VLLMEngine", "vllm_available"]
 
@@ -165,20 +163,6 @@ class VLLMEngine(Engine):
         self._stop_ids = self._trainer.stop_token_ids
         self._closed = False
         self._llm.update_weight_version(str(self.policy_version))
-
-    @classmethod
-    def from_path(
-        cls,
-        model_path: str | Path | None = None,
-        *,
-        seed: int = 0,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-        **kwargs: Any,
-    ) -> VLLMEngine:
-        """``VLLMEngine(*load_policy(model_path, seed=seed, dtype=dtype), device=device, **kwargs)``."""
-        model, tokenizer = load_policy(model_path, seed=seed, dtype=dtype)
-        return cls(model, tokenizer, device=device, **kwargs)
 
     # ---- identity and weights -----------------------------------------------------------
 
