@@ -15,11 +15,13 @@ constexpr int64_t kTokenChunkAlign = 16;
 
 enum Sum : int { kSumLoss, kSumClipped, kSumLower, kSumOldMinusLp, kSumKl, kSumEntropy, kNumSums };
 enum Metric : int { kMetricClipfrac, kMetricClipfracLower, kMetricApproxKl, kMetricEntropy, kMetricKl, kNumMetrics };
-enum LossAggMode : int { kLossAggTokenMean, kLossAggSeqMeanTokenMean, kLossAggSeqMeanTokenSum, kLossAggSeqMeanTokenSumNorm, kNumLossAggModes };
+enum LossAggMode : int { kLossAggTokenMean, kLossAggSeqMeanTokenMean, kLossAggSeqMeanTokenSum, kLossAggSeqMeanTokenSumNorm, kLossAggTokenSum, kNumLossAggModes };
 enum KlTypeId : int { kKlTypeK1, kKlTypeK2, kKlTypeK3, kNumKlTypes };
+enum PolicyLossId : int { kPolicyLossVanilla, kPolicyLossCispo, kPolicyLossSapo, kPolicyLossGspo, kPolicyLossGspoToken, kNumPolicyLosses };
 
-constexpr const char* kLossAggNames[] = {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"};
+constexpr const char* kLossAggNames[] = {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "token-sum"};
 constexpr const char* kKlTypeNames[] = {"k1", "k2", "k3"};
+constexpr const char* kPolicyLossNames[] = {"vanilla", "cispo", "sapo", "gspo", "gspo_token"};
 
 // Operator schemas of the namespace `rubricrl` (defined in csrc/cpu/registration.cpp).
 constexpr const char* kSchemaTokenLogprobs =
@@ -31,9 +33,9 @@ constexpr const char* kSchemaFusedLinearLogprobs =
 constexpr const char* kSchemaFusedLinearLogprobsBackward =
     "fused_linear_logprobs_backward(Tensor grad_logprobs, Tensor? grad_entropy, Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor lse, Tensor entropy, float temperature, int vocab_chunk) -> (Tensor d_hidden, Tensor d_weight, Tensor d_bias)";
 constexpr const char* kSchemaGrpoLoss =
-    "grpo_loss(Tensor logprobs, Tensor old_logprobs, Tensor advantages, Tensor mask, Tensor? ref_logprobs, Tensor? entropy, float eps_low, float eps_high, float? clip_c, str loss_agg, float kl_coef, str kl_type, float entropy_coef, Tensor? agg_norm, int? horizon) -> (Tensor loss, Tensor grad_logprobs, Tensor grad_entropy, Tensor metrics)";
+    "grpo_loss(Tensor logprobs, Tensor? old_logprobs, Tensor advantages, Tensor mask, Tensor? ref_logprobs, Tensor? entropy, Tensor? weights, str policy_loss, float eps_low, float eps_high, float? clip_c, float tau_pos, float tau_neg, str loss_agg, float kl_coef, str kl_type, bool kl_bias_correction, float entropy_coef, Tensor? agg_norm, int? horizon) -> (Tensor loss, Tensor grad_logprobs, Tensor grad_entropy, Tensor metrics)";
 constexpr const char* kSchemaFusedLinearGrpoLoss =
-    "fused_linear_grpo_loss(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor old_logprobs, Tensor advantages, Tensor mask, Tensor? ref_logprobs, float temperature, float eps_low, float eps_high, float? clip_c, str loss_agg, float kl_coef, str kl_type, float entropy_coef, Tensor? agg_norm, int? horizon, bool with_entropy, bool need_d_hidden, bool need_d_weight, bool need_d_bias, int token_chunk) -> (Tensor loss, Tensor metrics, Tensor d_hidden, Tensor d_weight, Tensor d_bias)";
+    "fused_linear_grpo_loss(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor? old_logprobs, Tensor advantages, Tensor mask, Tensor? ref_logprobs, Tensor? weights, float temperature, str policy_loss, float eps_low, float eps_high, float? clip_c, float tau_pos, float tau_neg, str loss_agg, float kl_coef, str kl_type, bool kl_bias_correction, float entropy_coef, Tensor? agg_norm, int? horizon, bool with_entropy, bool need_d_hidden, bool need_d_weight, bool need_d_bias, int token_chunk) -> (Tensor loss, Tensor metrics, Tensor d_hidden, Tensor d_weight, Tensor d_bias)";
 constexpr const char* kSchemaGroupAdvantages =
     "group_advantages(Tensor scores, Tensor group_index, bool norm_by_std, float eps) -> Tensor";
 constexpr const char* kSchemaRubricScores =

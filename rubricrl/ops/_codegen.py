@@ -49,12 +49,15 @@ def render() -> str:
         ("Metric", "kMetric", constants.GRPO_METRICS, "kNumMetrics"),
         ("LossAggMode", "kLossAgg", constants.LOSS_AGG_MODES, "kNumLossAggModes"),
         ("KlTypeId", "kKlType", constants.KL_TYPES, "kNumKlTypes"),
+        ("PolicyLossId", "kPolicyLoss", constants.POLICY_LOSSES, "kNumPolicyLosses"),
     ):
         members = ", ".join(f"{prefix}{_camel(n)}" for n in names)
         out.append(f"enum {enum} : int {{ {members}, {count} }};")
     out.append("")
     out.append('constexpr const char* kLossAggNames[] = {' + ", ".join(f'"{n}"' for n in constants.LOSS_AGG_MODES) + "};")
     out.append('constexpr const char* kKlTypeNames[] = {' + ", ".join(f'"{n}"' for n in constants.KL_TYPES) + "};")
+    out.append('constexpr const char* kPolicyLossNames[] = {'
+               + ", ".join(f'"{n}"' for n in constants.POLICY_LOSSES) + "};")
     out.append("")
     out.append("// Operator schemas of the namespace `rubricrl` (defined in csrc/cpu/registration.cpp).")
     for name, schema in _schemas.SCHEMAS.items():

@@ -59,8 +59,11 @@ def _empty(like: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     return like.new_empty(0, dtype=dtype)
 
 
-def _grpo_opts(eps_low, eps_high, clip_c, loss_agg, kl_coef, kl_type, entropy_coef, agg_norm, horizon):
-    return GrpoOptions(eps_low, eps_high, clip_c, loss_agg, kl_coef, kl_type, entropy_coef, agg_norm, horizon)
+def _grpo_opts(policy_loss, eps_low, eps_high, clip_c, tau_pos, tau_neg, loss_agg, kl_coef, kl_type,
+               kl_bias_correction, entropy_coef, agg_norm, horizon):
+    """The schema's option arguments (policy_loss .. horizon, in schema order) as GrpoOptions."""
+    return GrpoOptions(eps_low, eps_high, clip_c, loss_agg, kl_coef, kl_type, entropy_coef, agg_norm, horizon,
+                       policy_loss, tau_pos, tau_neg, kl_bias_correction)
 
 
 def python_impls(load: Callable[[str], object]) -> dict[str, Callable]:
@@ -83,22 +86,18 @@ def python_impls(load: Callable[[str], object]) -> dict[str, Callable]:
             g_lp, g_ent, hidden, weight, bias, targets, lse, entropy, temperature, vocab_chunk or None)
         return d_hidden, d_weight, d_bias if d_bias is not None else _empty(hidden, _compute_dtype(hidden))
 
-    def grpo_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs, entropy, eps_low, eps_high, clip_c,
-                  loss_agg, kl_coef, kl_type, entropy_coef, agg_norm, horizon):
-        opts = _grpo_opts(eps_low, eps_high, clip_c, loss_agg, kl_coef, kl_type, entropy_coef, agg_norm, horizon)
+    def grpo_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs, entropy, weights, *options):
         loss, g_lp, g_ent, metrics = load("grpo").loss_fwd(logprobs, old_logprobs, advantages, mask,
-                                                           ref_logprobs, entropy, opts)
+                                                           ref_logprobs, entropy, weights, _grpo_opts(*options))
         return loss, g_lp, g_ent if g_ent is not None else _empty(g_lp, g_lp.dtype), metrics
 
     def fused_linear_grpo_loss(hidden, weight, bias, targets, old_logprobs, advantages, mask, ref_logprobs,
-                               temperature, eps_low, eps_high, clip_c, loss_agg, kl_coef, kl_type, entropy_coef,
-                               agg_norm, horizon, with_entropy, need_d_hidden, need_d_weight, need_d_bias,
-                               token_chunk):
-        opts = _grpo_opts(eps_low, eps_high, clip_c, loss_agg, kl_coef, kl_type, entropy_coef, agg_norm, horizon)
+                               weights, temperature, *rest):
+        *options, with_entropy, need_d_hidden, need_d_weight, need_d_bias, token_chunk = rest
         needs = (need_d_hidden, need_d_weight, need_d_bias and bias is not None)
         loss, metrics, *grads = load("grpo").linear_fwd(
-            hidden, weight, bias, targets, old_logprobs, advantages, mask, ref_logprobs, temperature, opts,
-            with_entropy, needs, token_chunk or None)
+            hidden, weight, bias, targets, old_logprobs, advantages, mask, ref_logprobs, weights, temperature,
+            _grpo_opts(*options), with_entropy, needs, token_chunk or None)
         return (loss, metrics, *(g if g is not None else _empty(hidden) for g in grads))
 
     def group_advantages(scores, group_index, norm_by_std, eps):
@@ -163,8 +162,7 @@ def _fake_fused_linear_logprobs_backward(g_lp, g_ent, hidden, weight, bias, targ
     return torch.empty_like(hidden), torch.empty_like(weight), d_bias
 
 
-def _fake_grpo_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs, entropy, eps_low, eps_high, clip_c,
-                    loss_agg, kl_coef, kl_type, entropy_coef, agg_norm, horizon):
+def _fake_grpo_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs, entropy, weights, *options):
     dtype = _compute_dtype(logprobs)
     g_ent = logprobs.new_empty(logprobs.shape if entropy is not None else (0,), dtype=dtype)
     return (logprobs.new_empty((), dtype=dtype), logprobs.new_empty(logprobs.shape, dtype=dtype), g_ent,
@@ -172,9 +170,8 @@ def _fake_grpo_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs, entr
 
 
 def _fake_fused_linear_grpo_loss(hidden, weight, bias, targets, old_logprobs, advantages, mask, ref_logprobs,
-                                 temperature, eps_low, eps_high, clip_c, loss_agg, kl_coef, kl_type, entropy_coef,
-                                 agg_norm, horizon, with_entropy, need_d_hidden, need_d_weight, need_d_bias,
-                                 token_chunk):
+                                 weights, temperature, *rest):
+    *_, need_d_hidden, need_d_weight, need_d_bias, _token_chunk = rest
     d_hidden = torch.empty_like(hidden) if need_d_hidden else _empty(hidden)
     d_weight = torch.empty_like(weight) if need_d_weight else _empty(hidden)
     d_bias = torch.empty_like(bias) if (need_d_bias and bias is not None) else _empty(hidden)
@@ -271,11 +268,11 @@ def _backward_grpo_loss(ctx, g_loss, _g_glp, _g_gent, _g_metrics, bwd=None):
     lp_dtype, ent_dtype = ctx.dtypes
     d_lp = (g_lp * g_loss).to(lp_dtype)
     d_ent = (g_ent * g_loss).to(ent_dtype) if ent_dtype is not None else None
-    return (d_lp, None, None, None, None, d_ent) + (None,) * 9
+    return (d_lp, None, None, None, None, d_ent) + (None,) * 14
 
 
 def _setup_fused_linear_grpo_loss(ctx, inputs, output):
-    bias, need = inputs[2], inputs[19:22]
+    bias, need = inputs[2], inputs[24:27]
     _, metrics, d_hidden, d_weight, d_bias = output
     ctx.save_for_backward(d_hidden, d_weight, d_bias)
     ctx.has = (need[0], need[1], need[2] and bias is not None)
@@ -288,7 +285,7 @@ def _setup_fused_linear_grpo_loss(ctx, inputs, output):
 
 def _backward_fused_linear_grpo_loss(ctx, g_loss, _g_metrics, _g_dh, _g_dw, _g_db, bwd=None):
     if g_loss is None:
-        return (None,) * 23
+        return (None,) * 28
     # The stored gradients are those of the loss itself: scale them by the upstream gradient, a
     # tensor op with no host read, so the backward traces into one graph under torch.compile.
     # Eagerly on plain tensors, in place: d weight is [V, H] and a copy would add that much to
@@ -301,7 +298,7 @@ def _backward_fused_linear_grpo_loss(ctx, g_loss, _g_metrics, _g_dh, _g_dw, _g_d
             scale = g_loss.to(g.dtype)
             g = g.mul_(scale) if type(g) is torch.Tensor and type(scale) is torch.Tensor else g * scale
         grads.append(g if has else None)
-    return (*grads,) + (None,) * 20
+    return (*grads,) + (None,) * 25
 
 
 def _setup_rubric_scores(ctx, inputs, output):

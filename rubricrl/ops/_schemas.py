@@ -7,7 +7,11 @@ schema; ``*_backward`` ops are the analytic backward pieces its autograd calls.
 
 Conventions: targets are int64 with ignored positions outside ``[0, V)`` (the
 Python API maps ``ignore_index`` to -1); ``vocab_chunk`` / ``token_chunk`` 0
-means the default budget (:mod:`rubricrl.ops.constants`).
+means the default budget (:mod:`rubricrl.ops.constants`). In the GRPO ops an absent
+``old_logprobs`` means on-policy (the ratio is 1 at the current log-probs, detached) and
+``weights`` multiplies each token's policy term. ``fused_linear_grpo_loss`` takes the
+token-local policy losses only; the Python API runs the response-level ones
+(``SEQUENCE_POLICY_LOSSES``) as ``fused_linear_logprobs`` + ``grpo_loss``.
 """
 
 SCHEMAS = {
@@ -29,15 +33,17 @@ SCHEMAS = {
         " -> (Tensor d_hidden, Tensor d_weight, Tensor d_bias)"
     ),
     "grpo_loss": (
-        "grpo_loss(Tensor logprobs, Tensor old_logprobs, Tensor advantages, Tensor mask, Tensor? ref_logprobs,"
-        " Tensor? entropy, float eps_low, float eps_high, float? clip_c, str loss_agg, float kl_coef,"
-        " str kl_type, float entropy_coef, Tensor? agg_norm, int? horizon)"
+        "grpo_loss(Tensor logprobs, Tensor? old_logprobs, Tensor advantages, Tensor mask, Tensor? ref_logprobs,"
+        " Tensor? entropy, Tensor? weights, str policy_loss, float eps_low, float eps_high, float? clip_c,"
+        " float tau_pos, float tau_neg, str loss_agg, float kl_coef, str kl_type, bool kl_bias_correction,"
+        " float entropy_coef, Tensor? agg_norm, int? horizon)"
         " -> (Tensor loss, Tensor grad_logprobs, Tensor grad_entropy, Tensor metrics)"
     ),
     "fused_linear_grpo_loss": (
-        "fused_linear_grpo_loss(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor old_logprobs,"
-        " Tensor advantages, Tensor mask, Tensor? ref_logprobs, float temperature, float eps_low,"
-        " float eps_high, float? clip_c, str loss_agg, float kl_coef, str kl_type, float entropy_coef,"
+        "fused_linear_grpo_loss(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor? old_logprobs,"
+        " Tensor advantages, Tensor mask, Tensor? ref_logprobs, Tensor? weights, float temperature,"
+        " str policy_loss, float eps_low, float eps_high, float? clip_c, float tau_pos, float tau_neg,"
+        " str loss_agg, float kl_coef, str kl_type, bool kl_bias_correction, float entropy_coef,"
         " Tensor? agg_norm, int? horizon, bool with_entropy, bool need_d_hidden, bool need_d_weight,"
         " bool need_d_bias, int token_chunk)"
         " -> (Tensor loss, Tensor metrics, Tensor d_hidden, Tensor d_weight, Tensor d_bias)"

@@ -22,8 +22,16 @@ GRPO_SUMS = ("loss", "clipped", "lower", "old_minus_lp", "kl", "entropy")
 GRPO_METRICS = ("clipfrac", "clipfrac_lower", "approx_kl", "entropy", "kl")
 
 # Loss options, by name; C++ parses the same strings (its enums follow these orders).
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "token-sum")
 KL_TYPES = ("k1", "k2", "k3")
+# Policy losses (docs/algorithms.md §1b). vanilla, cispo and sapo are token-local; gspo and
+# gspo_token use a response-level ratio, so their per-token terms need the whole response's
+# log-probs first (the fused linear loss runs them as log-probs + loss, one more GEMM).
+POLICY_LOSSES = ("vanilla", "cispo", "sapo", "gspo", "gspo_token")
+SEQUENCE_POLICY_LOSSES = ("gspo", "gspo_token")
+# Importance correction between the behaviour policy (what the engine sampled with) and the
+# proximal policy (old_logprobs): the weight per token or per response, truncated or masked.
+IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 # Vocabulary-chunked ops (fused_linear_logprobs, verdict_probs' mass, span_mean_prob): fp32
 # logits per chunk when the caller gives no vocab_chunk (8M = 32 MiB), and the fewest columns.
