@@ -2,7 +2,8 @@
 
 Importing this module (verl must be importable) registers, with verl's
 ``register_policy_loss``, one loss per entry of :data:`LOSSES` under verl's name
-prefixed ``rubricrl_`` (today ``rubricrl_vanilla``). Select it with
+prefixed ``rubricrl_``: ``rubricrl_vanilla``, ``rubricrl_gspo``, ``rubricrl_cispo``,
+``rubricrl_sapo``. Select one with
 ``actor_rollout_ref.actor.policy_loss.loss_mode=rubricrl_vanilla`` and make every
 worker import this module, e.g. ``VERL_USE_EXTERNAL_MODULES=rubricrl.integrations.verl``.
 
@@ -12,16 +13,17 @@ Each registered loss equals verl's loss of the same name in every ``loss_agg_mod
 ``batch_num_tokens``, ``global_batch_size``, ``loss_scale_factor``) and
 ``rollout_is_weights``, computed by :func:`rubricrl.ops.grpo_loss`:
 
-* ``rollout_is_weights`` (``w >= 0``, per token) enter as advantages ``w * A``: the
-  clipped objective is positively homogeneous in ``A`` (``w * pg(A, r) = pg(w * A, r)``
-  for ``w >= 0``, dual clip included), so the loss and its gradient are verl's exactly;
-* ``token-sum`` is ``token-mean`` with the normaliser ``1 / dp_size``; the other modes
+* verl's ``gspo`` is GSPO-token (``policy_loss="gspo_token"``: the response's ratio with
+  each token's gradient); ``cispo`` and ``sapo`` (``tau_pos``, ``tau_neg``; verl always
+  aggregates it ``seq-mean-token-mean``) map one to one; ``vanilla`` adds the dual clip;
+* ``rollout_is_weights`` are the ops' per-token ``weights`` (they multiply the policy term);
+* ``token-sum`` is ``token-sum`` with the normaliser ``1 / dp_size``; the other modes
   take ``batch_num_tokens / dp_size`` or ``global_batch_size / dp_size`` as the
   normaliser and ``loss_scale_factor`` as the horizon.
 
-Metrics differ from verl's in two corner cases, never the loss: ``actor/ppo_kl`` is
-the mean of ``old - lp`` unclamped (verl clamps ``|lp - old|`` to 20 first), and
-``actor/pg_clipfrac*`` count a token whose IS weight is 0 as unclipped.
+Where the values differ from verl's (never at ordinary inputs): ``actor/ppo_kl`` is the
+mean of ``old - lp`` unclamped (verl clamps ``|lp - old|`` to 20 first), and GSPO's
+response log-ratio is clamped to ``[-20, 20]`` where verl clamps the token form at 10.
 
 :func:`linear_cross_entropy` has the contract of verl's
 ``verl.utils.kernel.linear_cross_entropy.linear_cross_entropy`` and
@@ -61,19 +63,22 @@ VERL_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-tok
 PREFIX = "rubricrl_"
 
 
-def _clip_options(config) -> dict[str, Any]:
-    """verl's PPO-clip settings -> grpo_loss options (verl always applies the dual clip)."""
+def _clip_range(config) -> dict[str, Any]:
+    """verl's clip ratios -> grpo_loss's ``eps_low``, ``eps_high``."""
     clip = config.clip_ratio
     low = config.clip_ratio_low if config.clip_ratio_low is not None else clip
     high = config.clip_ratio_high if config.clip_ratio_high is not None else clip
-    return {"eps_low": low, "eps_high": high, "clip_c": config.get("clip_ratio_c", 3.0)}
+    return {"eps_low": low, "eps_high": high}
 
 
-#: verl loss name -> grpo_loss options read from the actor config. A loss the ops gain
-#: (gspo, cispo, sapo, ...) is one more entry here, e.g.
-#: ``"gspo": lambda c: {**_clip_options(c), "ratio_level": "sequence"}``.
+#: verl loss name -> grpo_loss options read from the actor config (``loss_agg_mode`` in
+#: the options overrides the caller's, as verl's sapo does).
 LOSSES: dict[str, Callable[[Any], dict[str, Any]]] = {
-    "vanilla": _clip_options,
+    "vanilla": lambda c: {**_clip_range(c), "clip_c": c.get("clip_ratio_c", 3.0)},  # verl always dual-clips
+    "gspo": lambda c: {**_clip_range(c), "policy_loss": "gspo_token"},
+    "cispo": lambda c: {**_clip_range(c), "policy_loss": "cispo"},
+    "sapo": lambda c: {"policy_loss": "sapo", "tau_pos": c.tau_pos, "tau_neg": c.tau_neg,
+                       "loss_agg_mode": "seq-mean-token-mean"},
 }
 
 
@@ -83,7 +88,7 @@ def _aggregation(mode: str, mask: torch.Tensor, info: dict) -> dict[str, Any]:
         raise ValueError(f"loss_agg_mode must be one of {VERL_AGG_MODES}, got {mode!r}")
     dp = info.get("dp_size") or 1
     if mode == "token-sum":  # verl: sum * dp_size
-        return {"loss_agg": "token-mean", "agg_norm": 1.0 / dp}
+        return {"loss_agg": "token-sum", "agg_norm": 1.0 / dp}
     if mode == "token-mean":
         tokens = info.get("batch_num_tokens")
         if tokens is None and dp > 1:
@@ -123,7 +128,7 @@ def policy_loss(
         old_log_prob, log_prob, advantages, response_mask: ``[B, T]`` as verl passes them.
         loss_agg_mode: one of :data:`VERL_AGG_MODES`.
         config: verl's actor config (``clip_ratio*``, ``global_batch_info``).
-        rollout_is_weights: optional ``[B, T]`` non-negative importance weights.
+        rollout_is_weights: optional ``[B, T]`` importance weights of the policy term.
 
     Returns:
         ``(loss, metrics)`` with verl's metric keys ``actor/pg_clipfrac``, ``actor/ppo_kl``,
@@ -136,21 +141,14 @@ def policy_loss(
     if config is None:
         raise ValueError(f"{PREFIX}{name} needs verl's actor config (clip_ratio, global_batch_info)")
     options = LOSSES[name](config)
+    loss_agg_mode = options.pop("loss_agg_mode", loss_agg_mode)
     options.update(_aggregation(loss_agg_mode, response_mask, dict(getattr(config, "global_batch_info", None) or {})))
-    if rollout_is_weights is not None:
-        if tuple(rollout_is_weights.shape) != tuple(log_prob.shape):
-            raise ValueError(
-                f"rollout_is_weights must have log_prob's shape {list(log_prob.shape)}, "
-                f"got {list(rollout_is_weights.shape)}"
-            )
-        weights = rollout_is_weights.detach()
-        valid = response_mask.bool()
-        if bool((weights[valid] < 0).any()):
-            raise ValueError("rollout_is_weights must be >= 0 at valid tokens (they scale the advantages)")
-        # w * pg(A, r) == pg(w * A, r) for w >= 0 (see the module docstring)
-        adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(log_prob)
-        advantages = adv * weights.to(adv.dtype)
-    loss, metrics = grpo_loss(log_prob, old_log_prob, advantages, response_mask, **options)
+    if rollout_is_weights is not None and tuple(rollout_is_weights.shape) != tuple(log_prob.shape):
+        raise ValueError(
+            f"rollout_is_weights must have log_prob's shape {list(log_prob.shape)}, got {list(rollout_is_weights.shape)}"
+        )
+    loss, metrics = grpo_loss(log_prob, old_log_prob, advantages, response_mask, weights=rollout_is_weights,
+                              **options)
     return loss, {
         "actor/pg_clipfrac": metrics["clipfrac"].item(),
         "actor/ppo_kl": metrics["approx_kl"].item(),
