@@ -82,6 +82,14 @@ CASES = {
     # sees whole groups of equal length, so the loss is 0 by symmetry: only gradients compare
     "dapo-onpolicy": {"loss_type": "dapo", "steps_per_generation": 2},
     "grpo-onpolicy": {"loss_type": "grpo", "steps_per_generation": 2},
+    # the loss family: CISPO (TRL's epsilon_high is the cap), SAPO, GSPO (sequence-level
+    # ratio, with two iterations so the ratios differ from 1), LUSPO, the bias-corrected KL
+    "cispo-iter2": {"loss_type": "cispo", "epsilon_high": 1.05, "num_iterations": 2},
+    "sapo-iter2": {"loss_type": "sapo", "num_iterations": 2},
+    "gspo-iter2": {"loss_type": "grpo", "importance_sampling_level": "sequence", "num_iterations": 2,
+                   "epsilon": 3e-4, "epsilon_high": 4e-4},
+    "luspo-iter2": {"loss_type": "luspo", "importance_sampling_level": "sequence", "num_iterations": 2},
+    "dapo-kl-biascorr-iter2": {"loss_type": "dapo", "beta": 0.04, "num_iterations": 2},
 }
 
 
@@ -125,24 +133,23 @@ def test_grpo_trainer_matches_trl(case, fused_loss, checkpoint, tmp_path, trl_lo
 
 
 def test_unmapped_loss_type_falls_back_to_trl_loss(checkpoint, tmp_path, caplog):
-    trainer = rt.use_fused_logprobs(make_trainer(checkpoint, tmp_path, loss_type="cispo", epsilon_high=5.0),
-                                    fused_loss=True)
+    trainer = rt.use_fused_logprobs(make_trainer(checkpoint, tmp_path, loss_type="vespo"), fused_loss=True)
     with caplog.at_level(logging.WARNING, logger="rubricrl.integrations.trl"):
         got = train_log(trainer)
-    assert caplog.text.count("loss_type='cispo' has no fused form yet") == 1  # logged once, not per step
-    want = train_log(make_trainer(checkpoint, tmp_path / "ref", loss_type="cispo", epsilon_high=5.0))
+    assert caplog.text.count("loss_type='vespo' has no fused form") == 1  # logged once, not per step
+    want = train_log(make_trainer(checkpoint, tmp_path / "ref", loss_type="vespo"))
     for g, w in zip(got, want):
         assert g["loss"] == pytest.approx(w["loss"], rel=1e-5, abs=1e-9)
         assert g["grad_norm"] == pytest.approx(w["grad_norm"], rel=1e-5)
 
 
 @pytest.mark.parametrize("overrides, reason", [
-    ({"importance_sampling_level": "sequence", "loss_type": "grpo"}, "importance_sampling_level='sequence'"),
+    ({"importance_sampling_level": "sequence", "loss_type": "sapo"}, "loss_type='sapo' with importance"),
+    ({"loss_type": "cispo", "epsilon_high": 0.2}, "cispo with epsilon_high=0.2 < 1"),
     ({"top_entropy_quantile": 0.5}, "top_entropy_quantile < 1"),
     ({"entropy_coef": 0.01}, "entropy bonus"),
     ({"off_policy_mask_threshold": 0.5}, "off_policy_mask_threshold"),
-    ({"loss_type": "sapo"}, "loss_type='sapo'"),
-    ({"beta": 0.04}, "use_bias_correction_kl"),  # TRL's default with a KL term
+    ({"beta": 0.04, "importance_sampling_level": "sequence"}, "use_bias_correction_kl at importance"),
 ])
 def test_fallback_reasons(overrides, reason, checkpoint, tmp_path):
     trainer = rt.use_fused_logprobs(make_trainer(checkpoint, tmp_path, **overrides), fused_loss=True)

@@ -18,17 +18,24 @@ that return router logits keep TRL's head (logged once). The head runs with auto
 off, in the parameters' dtype with fp32 accumulation, and returns fp32 values.
 
 **Fused loss** (``fused_loss=True``). Where TRL's configuration maps onto
-:func:`rubricrl.ops.fused_linear_grpo_loss` (see :data:`LOSS_TYPES`), the policy
-loss (and the k3 KL to the reference) is computed from the hidden states in one fused
-pass, which also produces the gradients; TRL's ``delta`` is the dual clip ``clip_c``.
-Everything else (loss types ``cispo``, ``sapo``, ``luspo``, ``vespo``; sequence-level
-importance sampling; vLLM importance-sampling correction; the off-policy mask; the
-high-entropy token mask; the entropy bonus; ``use_bias_correction_kl``, TRL's default
-when ``beta > 0``; MoE aux loss; multimodal inputs) falls back to TRL's own loss on the
-fused log-probs, logged once per reason. The fused loss adds one no-grad LM-head pass
-per micro-batch: it gives the current log-probs (the old ones too when TRL has none:
-one iteration and one generation per optimizer step, ratio 1) and the entropies, from
-which the metrics TRL logs (entropy, kl, clip ratios) are computed as TRL does.
+:func:`rubricrl.ops.fused_linear_grpo_loss` (see :data:`LOSS_TYPES` and
+:func:`_policy_options`), the policy loss (and the k3 KL to the reference) is computed
+from the hidden states in one fused pass, which also produces the gradients:
+
+* ``grpo``, ``bnpo``, ``dr_grpo``, ``dapo``, ``luspo``: the clipped loss (``vanilla``; with
+  ``importance_sampling_level="sequence"``, ``gspo``: 4 GEMMs instead of 3); TRL's
+  ``delta`` is the dual clip ``clip_c``;
+* ``cispo``: ``policy_loss="cispo"`` with no lower clip and TRL's ``epsilon_high`` as the cap;
+* ``sapo``: ``policy_loss="sapo"`` with TRL's two temperatures;
+* vLLM importance-sampling correction: TRL's ``importance_sampling_ratio`` as the per-token
+  ``weights``; ``use_bias_correction_kl``: ``kl_bias_correction``;
+* TRL without old log-probs (one iteration, one generation per step): ``old_logprobs=None``.
+
+Everything else (``vespo``; ``cispo``/``sapo`` at sequence level; the off-policy mask;
+the high-entropy token mask; the entropy bonus; the KL bias correction at sequence level;
+MoE aux loss; multimodal inputs) falls back to TRL's own loss on the fused log-probs,
+logged once per reason. The fused loss adds one no-grad log-prob pass per micro-batch
+for the metrics TRL logs (entropy, kl, clip ratios), computed from it as TRL does.
 
 **Reward.** :func:`rubric_reward` returns a TRL reward function grading each
 completion against its row's rubric with the trainer's current model (the prefix-shared
@@ -82,19 +89,46 @@ def _dapo(trainer, mask, inputs, ga):
     return {"loss_agg": "token-mean", "agg_norm": norm.float()}
 
 
+def _luspo(trainer, mask, inputs, ga):
+    # sum over each completion, then mean over the B completions
+    return {"loss_agg": "seq-mean-token-sum", "agg_norm": float(mask.shape[0] * ga)}
+
+
 #: TRL ``loss_type`` -> the fused loss's aggregation (``loss_agg``, ``agg_norm``; ``ga`` is
 #: the gradient-accumulation divisor TRL applies). ``None``: TRL's own loss (on the fused
-#: log-probs). A loss type the ops gain is one entry here.
+#: log-probs): VESPO's gamma weights are a sequence-level function the ops do not have.
 LOSS_TYPES: dict[str, Callable[..., dict[str, Any]] | None] = {
     "grpo": _grpo,
     "bnpo": _bnpo,
     "dr_grpo": _dr_grpo,
     "dapo": _dapo,
-    "cispo": None,
-    "sapo": None,
-    "luspo": None,
+    "cispo": _dapo,
+    "sapo": _grpo,
+    "luspo": _luspo,
     "vespo": None,
 }
+
+
+def _policy_options(trainer) -> dict[str, Any] | str:
+    """TRL's loss type and importance-sampling level -> the fused loss's policy options, or
+    the reason there is no fused form."""
+    args, level = trainer.args, trainer.importance_sampling_level
+    if trainer.loss_type == "cispo":
+        if level != "token":
+            return f"loss_type='cispo' with importance_sampling_level={level!r}"
+        if trainer.epsilon_high < 1.0:  # TRL's cap on the ratio; below 1 it also caps ratio 1
+            return f"cispo with epsilon_high={trainer.epsilon_high} < 1"
+        return {"policy_loss": "cispo", "eps_low": 1.0, "eps_high": trainer.epsilon_high - 1.0}
+    if trainer.loss_type == "sapo":
+        if level != "token":
+            return f"loss_type='sapo' with importance_sampling_level={level!r}"
+        return {"policy_loss": "sapo", "tau_pos": args.sapo_temperature_pos, "tau_neg": args.sapo_temperature_neg}
+    if not 0.0 <= trainer.epsilon_low < 1.0 or trainer.epsilon_high < 0.0:
+        return f"epsilon={trainer.epsilon_low} outside [0, 1)"
+    if args.delta is not None and not args.delta > 1.0:
+        return f"delta={args.delta} <= 1"
+    return {"policy_loss": "gspo" if level == "sequence" else "vanilla", "eps_low": trainer.epsilon_low,
+            "eps_high": trainer.epsilon_high, "clip_c": args.delta}
 
 _MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
                     "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
@@ -104,25 +138,20 @@ def _fallback_reason(trainer, inputs) -> str | None:
     """Why TRL's own loss must run for this batch (None: the fused loss computes it exactly)."""
     args = trainer.args
     if LOSS_TYPES.get(trainer.loss_type) is None:
-        return f"loss_type={trainer.loss_type!r} has no fused form yet"
-    if trainer.importance_sampling_level != "token":
-        return f"importance_sampling_level={trainer.importance_sampling_level!r}"
-    if trainer.use_vllm and trainer.vllm_importance_sampling_correction:
-        return "vLLM importance-sampling correction"
+        return f"loss_type={trainer.loss_type!r} has no fused form"
+    policy = _policy_options(trainer)
+    if isinstance(policy, str):
+        return policy
     if trainer.off_policy_mask_threshold is not None:
         return "off_policy_mask_threshold"
     if trainer.top_entropy_quantile < 1.0:
         return "top_entropy_quantile < 1"
     if trainer._entropy_bonus_enabled:
         return "the entropy bonus (aggregated apart from the policy loss)"
-    if trainer.beta != 0.0 and args.use_bias_correction_kl:
-        return "use_bias_correction_kl"
+    if trainer.beta != 0.0 and args.use_bias_correction_kl and policy["policy_loss"] == "gspo":
+        return "use_bias_correction_kl at importance_sampling_level='sequence'"
     if trainer.aux_loss_enabled:
         return "the MoE aux loss"
-    if not 0.0 <= trainer.epsilon_low < 1.0 or trainer.epsilon_high < 0.0:
-        return f"epsilon={trainer.epsilon_low} outside [0, 1)"
-    if args.delta is not None and not args.delta > 1.0:
-        return f"delta={args.delta} <= 1"
     if any(inputs.get(k) is not None for k in _MULTIMODAL_KEYS):
         return "multimodal inputs"
     if not getattr(trainer.model, "_rubricrl_fused_head", False):
@@ -221,17 +250,21 @@ def _fused_compute_loss(trainer, trl_compute_loss, model, inputs):
     advantages = inputs["advantages"]
     ref = inputs.get("ref_per_token_logps") if trainer.beta != 0.0 else None
     old = inputs.get("old_per_token_logps")
-    options = LOSS_TYPES[trainer.loss_type](trainer, mask, inputs, ga)
+    options = {**LOSS_TYPES[trainer.loss_type](trainer, mask, inputs, ga), **_policy_options(trainer)}
+    kl_bias = trainer.beta != 0.0 and trainer.args.use_bias_correction_kl
+    weights = None
+    if trainer.use_vllm and trainer.vllm_importance_sampling_correction:  # TRL's ratio, (B, T) or (B, 1)
+        weights = inputs["importance_sampling_ratio"].expand_as(mask)
 
     def head(hidden, weight, bias, _labels):
         hidden = hidden[:, -keep:]
-        with torch.no_grad():  # current log-probs (the old ones with one iteration) and entropies
+        with torch.no_grad():  # current log-probs and entropies, for TRL's metrics
             lp_now, ent = fused_linear_logprobs(hidden, weight, completion_ids, bias=bias,
                                                 temperature=trainer.temperature, return_entropy=True)
         loss, _ = fused_linear_grpo_loss(
-            hidden, weight, completion_ids, lp_now if old is None else old, advantages, mask, bias=bias,
-            temperature=trainer.temperature, eps_low=trainer.epsilon_low, eps_high=trainer.epsilon_high,
-            clip_c=trainer.args.delta, ref_logprobs=ref, kl_coef=trainer.beta, kl_type="k3", **options,
+            hidden, weight, completion_ids, old, advantages, mask, bias=bias, temperature=trainer.temperature,
+            ref_logprobs=ref, kl_coef=trainer.beta, kl_type="k3", kl_bias_correction=kl_bias, weights=weights,
+            **options,
         )
         return loss, lp_now, ent
 
@@ -250,18 +283,30 @@ def _log_metrics(trainer, mode, mask, advantages, lp, old, ent, ref) -> None:
     mask = mask.float()
     adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(1)
 
-    def global_mean(x):
-        totals = trainer.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum()]), reduction="sum")
+    def global_mean(x):  # a [B, 1] value is one per sequence (sequence-level ratio), as TRL
+        if x.shape[1] == 1:
+            local = torch.stack([x.sum(), torch.tensor(float(x.shape[0]), device=x.device)])
+        else:
+            local = torch.stack([(x * mask).sum(), mask.sum()])
+        totals = trainer.accelerator.reduce(local, reduction="sum")
         return (totals[0] / totals[1].clamp(min=1.0)).item()
 
     def seq_mean(x):
-        return (x * mask).sum(-1) / mask.sum(-1)
+        return x.squeeze(1) if x.shape[1] == 1 else (x * mask).sum(-1) / mask.sum(-1)
 
+    log_ratio = lp - old
+    if trainer.importance_sampling_level == "sequence":
+        log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+    ratio = torch.exp(log_ratio)
     if ref is not None:
         d = ref - lp
-        metrics["kl"].append(global_mean(torch.exp(d) - d - 1))
+        kl = torch.exp(d) - d - 1
+        metrics["kl"].append(global_mean(kl * ratio if trainer.args.use_bias_correction_kl else kl))
     metrics["entropy"].append(global_mean(ent))
-    ratio = torch.exp(lp - old)
+    if trainer.loss_type == "cispo":
+        metrics["cispo_clip_ratio"].append(global_mean(((ratio > trainer.epsilon_high) & (adv > 0)).float()))
+    if trainer.loss_type in ("cispo", "sapo"):
+        return
     low = ((ratio < 1 - trainer.epsilon_low) & (adv < 0)).float()
     high = ((ratio > 1 + trainer.epsilon_high) & (adv > 0)).float()
     metrics["clip_ratio/low_mean"].append(global_mean(low))
