@@ -36,6 +36,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from rubricrl.ops.constants import IS_MODES, LOSS_AGG_MODES, POLICY_LOSSES
+
 __all__ = [
     "AdvantageConfig",
     "ConfigError",
@@ -170,16 +172,23 @@ class AdvantageConfig:
 
 @dataclass
 class LossConfig:
-    """Clipped token-level GRPO loss (docs/algorithms.md §1)."""
+    """The GRPO loss family (docs/algorithms.md §1, §1b)."""
 
+    policy_loss: Literal[POLICY_LOSSES] = "vanilla"  # vanilla | gspo | gspo_token | cispo | sapo
     eps_low: float = 0.2
     eps_high: float = 0.28
     clip_c: float | None = None  # dual clip (> 1), null = off
-    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = (
-        "token-mean"
-    )
+    tau_pos: float = 1.0  # sapo: gate temperature where A > 0
+    tau_neg: float = 1.05  # sapo: gate temperature where A <= 0
+    loss_agg: Literal[LOSS_AGG_MODES] = "token-mean"
+    # behaviour/proximal importance correction, applied where the sampler's log-probs differ
+    # from the proximal policy's (the streaming pipeline)
+    is_mode: Literal[IS_MODES] = "token_truncate"
+    is_max: float | None = 2.0
+    is_min: float | None = None
     kl_coef: float = 0.0  # > 0 keeps a frozen copy of the initial policy as the reference
     kl_type: Literal["k1", "k2", "k3"] = "k3"
+    kl_bias_correction: bool = False  # KL times the token ratio (TRL's use_bias_correction_kl)
     entropy_coef: float = 0.0
     chunk_size: int | None = None  # token rows per chunk of fused_linear_grpo_loss (null = its default)
     backend: str | None = None  # force an op backend (torch | cpp | triton | cuda)
@@ -523,11 +532,12 @@ def _validate(cfg: TrainConfig) -> None:
     finite_positive("advantages.eps", cfg.advantages.eps)
 
     loss = cfg.loss
-    _check(0.0 <= loss.eps_low < 1.0, "loss.eps_low", f"must lie in [0, 1), got {loss.eps_low}")
+    _check(0.0 <= loss.eps_low <= 1.0, "loss.eps_low", f"must lie in [0, 1], got {loss.eps_low}")
     at_least("loss.eps_high", loss.eps_high, 0.0)
     if loss.clip_c is not None:
         _check(loss.clip_c > 1.0, "loss.clip_c", f"must be > 1 (3.0 is typical) or null, got {loss.clip_c}")
     at_least("loss.kl_coef", loss.kl_coef, 0.0)
+    _check_loss_options(loss)
     if loss.chunk_size is not None:
         at_least("loss.chunk_size", loss.chunk_size, 1)
     if loss.backend is not None:
@@ -577,6 +587,21 @@ def device_problem(name: str) -> str | None:
     if cuda_index is not None and int(cuda_index) >= count:
         return f"{name!r} but there are only {count} CUDA device(s) (cuda:0 .. cuda:{count - 1})"
     return None
+
+
+def _check_loss_options(loss: LossConfig) -> None:
+    """The ops' own validation of the loss options (one definition), as ConfigErrors naming the key."""
+    from rubricrl.ops._options import grpo_options
+    from rubricrl.ops.importance import check_is_options
+
+    try:
+        grpo_options(loss.eps_low, loss.eps_high, loss.clip_c, loss.loss_agg, loss.kl_coef, loss.kl_type,
+                     loss.entropy_coef, None, None, loss.policy_loss, loss.tau_pos, loss.tau_neg,
+                     loss.kl_bias_correction)
+        check_is_options(loss.is_mode, loss.is_max, loss.is_min)
+    except ValueError as exc:
+        key = str(exc).split()[0]
+        raise ConfigError(f"loss.{key}", str(exc)) from None
 
 
 def _check_data_file(path: str, value: str, builtins: tuple[str, ...] = ("builtin",)) -> None:

@@ -180,6 +180,8 @@ class ActorUpdater:
     # ---- loss ------------------------------------------------------------------------
 
     def _agg_norm(self, batch: UpdateBatch, rows: list[int]) -> float:
+        if self.loss_cfg.loss_agg == "token-sum":
+            return 1.0
         if self.loss_cfg.loss_agg == "token-mean":
             return float(sum(len(batch.response_ids[i]) for i in rows))
         return float(sum(1 for i in rows if batch.response_ids[i]))
@@ -206,13 +208,20 @@ class ActorUpdater:
             mb["mask"],
             bias=bias,
             temperature=self.temperature,
+            policy_loss=c.policy_loss,
             eps_low=c.eps_low,
             eps_high=c.eps_high,
             clip_c=c.clip_c,
+            tau_pos=c.tau_pos,
+            tau_neg=c.tau_neg,
             loss_agg=c.loss_agg,
             ref_logprobs=ref,
             kl_coef=c.kl_coef,
             kl_type=c.kl_type,
+            kl_bias_correction=c.kl_bias_correction,
+            is_mode=c.is_mode,
+            is_max=c.is_max,
+            is_min=c.is_min,
             entropy_coef=c.entropy_coef,
             compute_entropy=True,
             agg_norm=agg_norm,
