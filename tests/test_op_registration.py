@@ -58,8 +58,8 @@ def test_cpp_reads_the_shared_constants():
     old = torch.tensor([[-(c + 5.0), -(c - 1.0)]], dtype=torch.float64)  # the first log-ratio is clamped
     adv = torch.tensor([-1.0], dtype=torch.float64)
     ref = torch.tensor([[c, 1.0]], dtype=torch.float64)  # k3(20) = e^20 - 21, capped
-    loss, g_lp, _, metrics = rr.grpo_loss(lp, old, adv, torch.ones(1, 2), ref, None, 0.2, 1e9, None,
-                                          "seq-mean-token-sum", 1.0, "k3", 0.0, None, None)
+    loss, g_lp, _, metrics = rr.grpo_loss(lp, old, adv, torch.ones(1, 2), ref, None, None, "vanilla", 0.2, 1e9,
+                                          None, 1.0, 1.05, "seq-mean-token-sum", 1.0, "k3", False, 0.0, None, None)
     r = torch.exp(torch.tensor([c, c - 1.0], dtype=torch.float64))
     d = torch.tensor([c, 1.0], dtype=torch.float64)
     k3 = torch.clamp(torch.exp(d) - d - 1.0, max=constants.K3_MAX)
@@ -115,14 +115,18 @@ def _grpo_inputs(dtype, b=3, t=5):
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("agg, agg_norm", [("token-mean", None), ("seq-mean-token-sum-norm", 7.0)])
-def test_opcheck_grpo_loss(dtype, agg, agg_norm):
+@pytest.mark.parametrize("agg, agg_norm", [("token-mean", None), ("seq-mean-token-sum-norm", 7.0), ("token-sum", None)])
+@pytest.mark.parametrize("policy, clip_c, on_policy, with_weights", [
+    ("vanilla", 3.0, False, False), ("gspo", 3.0, False, True), ("cispo", None, True, True), ("sapo", None, False, False),
+])
+def test_opcheck_grpo_loss(dtype, agg, agg_norm, policy, clip_c, on_policy, with_weights):
     lp, old, adv, mask, ref, ent = _grpo_inputs(dtype)
     if agg_norm is not None:
         agg_norm = torch.tensor(agg_norm, dtype=torch.float64)
-    if True:
-        _opcheck(rr.grpo_loss.default, (_g(lp), old, adv, mask, ref, _g(ent), 0.2, 0.28, 3.0, agg, 0.1, "k3", 0.01,
-                                        agg_norm, None))
+    weights = torch.rand(lp.shape, dtype=dtype) if with_weights else None
+    _opcheck(rr.grpo_loss.default, (_g(lp), None if on_policy else old, adv, mask, ref, _g(ent), weights, policy,
+                                    0.2, 0.28, clip_c, 1.0, 1.05, agg, 0.1, "k3", policy == "vanilla", 0.01,
+                                    agg_norm, None))
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -134,10 +138,12 @@ def test_opcheck_fused_linear_grpo_loss(dtype, with_bias):
     bias = _g(torch.randn(29, dtype=dtype)) if with_bias else None
     targets = torch.randint(0, 29, (15,))
     for agg_norm in (torch.tensor(9.0, dtype=torch.float64),):
-        _opcheck(rr.fused_linear_grpo_loss.default,
-                 (_g(hidden), _g(weight), bias, targets, old.float(), adv.float(), mask, ref.float(), 0.8, 0.2,
-                  0.28, None, "seq-mean-token-mean", 0.05, "k2", 0.01, agg_norm, None, True, True, True,
-                  with_bias, 4))
+        for policy, old_in, weights in (("vanilla", old.float(), None), ("cispo", None, torch.rand(3, 5)),
+                                        ("sapo", old.float(), torch.rand(3, 5))):
+            _opcheck(rr.fused_linear_grpo_loss.default,
+                     (_g(hidden), _g(weight), bias, targets, old_in, adv.float(), mask, ref.float(), weights, 0.8,
+                      policy, 0.2, 0.28, None, 1.0, 1.05, "seq-mean-token-mean", 0.05, "k2", policy == "vanilla",
+                      0.01, agg_norm, None, True, True, True, with_bias, 4))
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -191,8 +197,8 @@ def test_gradcheck_fp64_ops():
     lp.requires_grad_(True)
     ent.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda x, e: rr.grpo_loss(x, old, adv, mask, ref, e, 0.2, 0.28, 3.0, "token-mean", 0.1, "k3", 0.01, None,
-                                  None)[0], (lp, ent))
+        lambda x, e: rr.grpo_loss(x, old, adv, mask, ref, e, None, "vanilla", 0.2, 0.28, 3.0, 1.0, 1.05,
+                                  "token-mean", 0.1, "k3", True, 0.01, None, None)[0], (lp, ent))
 
 
 def test_fused_grpo_op_gradients_match_autograd_reference():
@@ -202,9 +208,9 @@ def test_fused_grpo_op_gradients_match_autograd_reference():
     hidden = torch.randn(15, 4, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(29, 4, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 29, (15,))
-    loss, *_ = rr.fused_linear_grpo_loss(hidden.float(), weight.float(), None, targets, old, adv, mask, ref, 1.0,
-                                         0.2, 0.28, None, "token-mean", 0.0, "k3", 0.0, None, None, False, True,
-                                         True, False, 0)
+    loss, *_ = rr.fused_linear_grpo_loss(hidden.float(), weight.float(), None, targets, old, adv, mask, ref, None,
+                                         1.0, "vanilla", 0.2, 0.28, None, 1.0, 1.05, "token-mean", 0.0, "k3", False,
+                                         0.0, None, None, False, True, True, False, 0)
     (3.0 * loss).backward()  # an upstream gradient != 1 is applied
     got = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None
