@@ -138,10 +138,14 @@ def test_opcheck_fused_linear_grpo_loss(dtype, with_bias):
     bias = _g(torch.randn(29, dtype=dtype)) if with_bias else None
     targets = torch.randint(0, 29, (15,))
     for agg_norm in (torch.tensor(9.0, dtype=torch.float64),):
-        for policy, old_in, weights in (("vanilla", old.float(), None), ("cispo", None, torch.rand(3, 5)),
-                                        ("sapo", old.float(), torch.rand(3, 5))):
+        # opcheck back-propagates sign(loss): the op scales its returned gradient outputs in place
+        # by the upstream gradient (to save a [V, H] copy), so the eager outputs it then compares
+        # are flipped for a negative loss. CISPO's loss (-c A lp) is positive for A > 0 (lp < 0).
+        for policy, old_in, weights, a in (("vanilla", old.float(), None, adv),
+                                           ("cispo", None, torch.rand(3, 5), adv.abs() + 0.5),
+                                           ("sapo", old.float(), torch.rand(3, 5), adv)):
             _opcheck(rr.fused_linear_grpo_loss.default,
-                     (_g(hidden), _g(weight), bias, targets, old_in, adv.float(), mask, ref.float(), weights, 0.8,
+                     (_g(hidden), _g(weight), bias, targets, old_in, a.float(), mask, ref.float(), weights, 0.8,
                       policy, 0.2, 0.28, None, 1.0, 1.05, "seq-mean-token-mean", 0.05, "k2", policy == "vanilla",
                       0.01, agg_norm, None, True, True, True, with_bias, 4))
 
