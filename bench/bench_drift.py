@@ -46,11 +46,11 @@ TRIGGER = "k"
 #: Points of the rule-checked "does not contain the trigger" item added to each prompt.
 TRIGGER_POINTS = 10
 
-#: The guard settings of both cases (``--set`` style), bar the gold judge.
-GUARD = ["guard.every=2", "guard.prompts=2", "guard.samples=8", "guard.window=5"]
+#: ``--set`` overrides of each case on top of learning.yaml, whose ``guard`` block has the rest
+#: (2 of the 8 prompts held out, 8 responses each, window 5, gold judge frozen_init).
 CASES = {
-    "gamed": [*GUARD, "guard.judge=rules"],
-    "learning": [*GUARD, "guard.judge=frozen_init"],
+    "gamed": ["guard.every=2", "guard.judge=rules"],
+    "learning": ["guard.every=2"],
 }
 
 
