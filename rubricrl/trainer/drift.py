@@ -210,7 +210,8 @@ class DriftGuard:
             self.held_out = self._held_out_file(g.dataset, g.prompts, seed)
         self.gold_judge = self._gold_judge()
         self._gold_name = g.judge
-        # one fixed sampling seed: every evaluation draws with the same random numbers
+        # one fixed sampling seed, every evaluation draws with the same random numbers (the
+        # XOR keeps it off the seed of any training step's rollout)
         self.seed = rollout_seed(seed, 0) ^ 0x5EED
 
     # ---- building ----------------------------------------------------------------------
@@ -376,7 +377,7 @@ class DriftGuard:
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Restore the history; ``None`` (a checkpoint from before the guard) starts it empty.
         A history made with other guard settings is dropped, with a warning."""
-        if not self.enabled or state is None:
+        if not self.enabled or state is None or not state["history"]:
             return
         if state["settings"] != self._settings():
             log.warning("drift guard: the checkpoint's guard settings differ from this run's; its %d evaluations are not continued", len(state["history"]))
