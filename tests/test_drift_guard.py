@@ -93,6 +93,14 @@ def test_resume_keeps_the_guard_history(tmp_path):
     assert rest[1]["self_trend"] is not None
     assert [{k: r[k] for k in COMPARED} for r in rest] == [{k: r[k] for k in COMPARED} for r in full[4:]]
     assert resumed.guard.history == straight.guard.history
+    # guard.judge=checkpoint:RUN grades with that run's newest weights (model.pt), fixed
+    ckpt = torch.load(tmp_path / "b" / "checkpoints" / "step_000008" / "model.pt", weights_only=True)
+    other = build_case("learning", 1, 1, str(tmp_path / "c"), [f"guard.judge=checkpoint:{tmp_path / 'b'}"], fast_judge=True)
+    try:
+        gold = other.guard.gold_engine.model.state_dict()
+        assert all(torch.equal(gold[k], ckpt[k]) for k in ckpt) and gold.keys() == ckpt.keys()
+    finally:
+        other.close()
 
 
 def test_guard_on_held_out_file_leaves_training_unchanged(tmp_path):

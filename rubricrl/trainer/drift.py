@@ -210,8 +210,8 @@ class DriftGuard:
             self.held_out = self._held_out_file(g.dataset, g.prompts, seed)
         self.gold_judge = self._gold_judge()
         self._gold_name = g.judge
-        # one fixed sampling seed, every evaluation draws with the same random numbers (the
-        # XOR keeps it off the seed of any training step's rollout)
+        # one fixed sampling seed: every evaluation draws with the same random numbers (any
+        # fixed value would do; the XOR only makes it differ from step 0's rollout seed)
         self.seed = rollout_seed(seed, 0) ^ 0x5EED
 
     # ---- building ----------------------------------------------------------------------
