@@ -43,6 +43,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EngineConfig",
+    "GuardConfig",
     "LossConfig",
     "MODEL_DTYPES",
     "ModelConfig",
@@ -237,6 +238,30 @@ class PipelineConfig:
 
 
 @dataclass
+class GuardConfig:
+    """Gold-judge drift guard (docs/trainer.md, "Drift guard"); off while ``every`` is 0.
+
+    Every ``every`` steps the current policy answers held-out prompts and both the self-judge
+    and a fixed gold judge grade the answers; a warning is logged when, over the last
+    ``window`` evaluations, the self-judge's reward rises while the gold judge's falls.
+    """
+
+    every: int = 0  # evaluate every k steps (0 = off)
+    # the gold judge: frozen_init (reward.judge on a frozen copy of the initial policy),
+    # rules (rule-checked items only), checkpoint:PATH (reward.judge on another checkpoint)
+    # or a registered judge name (on the frozen initial policy, options judge_options)
+    judge: str = "frozen_init"
+    judge_options: dict[str, Any] = field(default_factory=dict)
+    prompts: int = 4  # held-out prompts, taken out of data.dataset (seeded) unless dataset is set
+    dataset: str | None = None  # a rubric JSONL of held-out prompts (nothing is taken from the training data)
+    samples: int = 4  # responses per held-out prompt
+    max_new_tokens: int | None = None  # null = rollout.max_new_tokens
+    window: int = 5  # evaluations in the trend test
+    min_self_rise: float = 0.05  # the self-judge's fitted rise over the window must reach this ...
+    min_gold_fall: float = 0.05  # ... while the gold judge's fitted change is at most minus this
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -248,6 +273,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def validate(self) -> TrainConfig:
         """Check value ranges and cross-field rules; raise :class:`ConfigError`; return self."""
@@ -566,6 +592,32 @@ def _validate(cfg: TrainConfig) -> None:
     at_least("trainer.max_nonfinite_steps", tr.max_nonfinite_steps, 1)
     _check(bool(tr.out_dir), "trainer.out_dir", "must be a directory path")
     at_least("pipeline.eta", cfg.pipeline.eta, 0)
+    _validate_guard(cfg)
+
+
+def _validate_guard(cfg: TrainConfig) -> None:
+    """The ``guard`` block (what needs the registries or the data is checked when the trainer builds it)."""
+    g = cfg.guard
+    _check(g.every >= 0, "guard.every", f"must be >= 0 (0 = off), got {g.every}")
+    if g.every == 0:
+        return
+    _check(g.prompts >= 1, "guard.prompts", f"must be >= 1, got {g.prompts}")
+    _check(g.samples >= 1, "guard.samples", f"must be >= 1, got {g.samples}")
+    if g.max_new_tokens is not None:
+        _check(g.max_new_tokens >= 1, "guard.max_new_tokens", f"must be >= 1 or null, got {g.max_new_tokens}")
+    _check(g.window >= 3, "guard.window", f"must be >= 3 (a trend needs at least 3 evaluations), got {g.window}")
+    _check(g.min_self_rise >= 0, "guard.min_self_rise", f"must be >= 0, got {g.min_self_rise}")
+    _check(g.min_gold_fall >= 0, "guard.min_gold_fall", f"must be >= 0, got {g.min_gold_fall}")
+    _check(bool(g.judge.strip()), "guard.judge", "expected frozen_init, rules, checkpoint:PATH or a judge name, got an empty string")
+    if g.judge.startswith("checkpoint:"):
+        where = g.judge[len("checkpoint:") :]
+        _check(bool(where), "guard.judge", "checkpoint: needs a path (checkpoint:PATH)")
+        _check(Path(where).is_dir(), "guard.judge", f"{where!r}: no such directory (a save_pretrained directory or a rubricrl run/checkpoint)")
+    if g.dataset is not None:
+        _check_data_file("guard.dataset", g.dataset, ("builtin", "builtin:learning"))
+    for key, value in g.judge_options.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"guard.judge_options.{key}", f"must be a finite number, got {value}")
 
 
 def device_problem(name: str) -> str | None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from rubricrl.judges._common import results_from_verdicts
 from rubricrl.judges.base import GradeRequest, GradeResult
 
-__all__ = ["grade_with_rules", "rule_verdicts"]
+__all__ = ["RuleJudge", "grade_with_rules", "rule_verdicts"]
 
 
 def rule_verdicts(request: GradeRequest, tokenizer=None) -> list[float | None]:
@@ -67,3 +67,26 @@ def grade_with_rules(
             result.item_raw = [next(raw_iter) if v is None else None for v in rv]
             result.item_attempts = [next(att_iter) if v is None else 0 for v in rv]
     return out
+
+
+class RuleJudge:
+    """Grades the rule-checked items of a rubric only, exactly, with no model.
+
+    Judge items (no ``check``) are failed judgments (``None``), so they are left out of the
+    score like any failed judgment (docs/algorithms.md §3); a response whose rubric has no
+    rule-checked item with positive points is ungraded. The engine is used only for its
+    tokenizer (``length`` checks in tokens). The drift guard's ``guard.judge: rules``.
+    """
+
+    name = "rules"
+
+    def grade(self, engine, requests: Sequence[GradeRequest]) -> list[GradeResult]:
+        version = getattr(engine, "policy_version", 0)
+
+        def no_judge(judged: list[GradeRequest]) -> list[GradeResult]:
+            return [
+                GradeResult([None] * len(r.items), [None] * len(r.items), None, True, len(r.items), version)
+                for r in judged
+            ]
+
+        return grade_with_rules(engine, requests, no_judge)

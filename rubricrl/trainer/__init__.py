@@ -1,7 +1,8 @@
 """GRPO trainer with self-graded rubric rewards: the step loop, the actor update,
-metrics, checkpoints and the run directory (see docs/trainer.md)."""
+metrics, checkpoints, the run directory and the drift guard (see docs/trainer.md)."""
 
 from rubricrl.trainer.checkpoint import CheckpointError, find_checkpoint, load_checkpoint_files
+from rubricrl.trainer.drift import DriftGuard
 from rubricrl.trainer.metrics import METRIC_KEYS, MetricsError, MetricsLog, plot_metrics, step_time_table
 from rubricrl.trainer.rundir import RunDir, RunDirError
 from rubricrl.trainer.trainer import Trainer, resolve_device
@@ -11,6 +12,7 @@ __all__ = [
     "METRIC_KEYS",
     "ActorUpdater",
     "CheckpointError",
+    "DriftGuard",
     "MetricsError",
     "MetricsLog",
     "NonFiniteUpdateError",

@@ -7,7 +7,8 @@ Layout of ``out_dir/checkpoints/step_000012/``::
                     models), the non-finite streak
     state.pt        step, policy version, optimizer steps, RNG states (torch, CUDA,
                     python random, numpy), reward-source state (RLPR debias cache,
-                    std filter), rollout batches already sampled for later steps (eta > 0)
+                    std filter), rollout batches already sampled for later steps (eta > 0),
+                    the drift guard's history (rubricrl/trainer/drift.py)
     config.yaml     the run's config
 
 Paths: the saved config's ``trainer.out_dir`` is ``"."`` (the run directory itself), so a

@@ -21,7 +21,16 @@ from typing import Any
 
 from rubricrl.trainer.faults import armed, fault_point
 
-__all__ = ["METRIC_KEYS", "NONFINITE", "MetricsError", "MetricsLog", "plot_metrics", "step_time_table", "summary_line"]
+__all__ = [
+    "METRIC_KEYS",
+    "NONFINITE",
+    "MetricsError",
+    "MetricsLog",
+    "plot_metrics",
+    "reward_panel",
+    "step_time_table",
+    "summary_line",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +68,14 @@ METRIC_KEYS: dict[str, str] = {
     "empty_responses": "responses with no text (the stop token only)",
     "truncated_responses": "responses cut at rollout.max_new_tokens",
     "dropped_groups": "groups left out of the update (all-equal scores or filtered)",
+    # the drift guard (rubricrl/trainer/drift.py): null except on its evaluation steps
+    "self_reward": "drift guard: the self-judge's mean reward on held-out responses",
+    "gold_reward": "drift guard: the gold judge's mean reward on the same held-out responses",
+    "self_trend": "drift guard: least-squares change of self_reward over the last guard.window evaluations",
+    "gold_trend": "drift guard: least-squares change of gold_reward over the last guard.window evaluations",
+    "drift_warning": "drift guard: 1 when self_trend >= guard.min_self_rise and gold_trend <= -guard.min_gold_fall, else 0",
+    "guard_ungraded": "drift guard: held-out responses left out (ungraded by either judge)",
+    "guard_s": "drift guard: seconds of the evaluation (not in step_s)",
 }
 
 
@@ -169,6 +186,12 @@ def summary_line(r: dict[str, Any]) -> str:
         f"update {_fmt(r.get('update_s'), '.2f')}) grading {_fmt(r.get('grading_share'), '.0%')}"
         + (f" | ungraded {r['ungraded']}" if r.get("ungraded") else "")
         + (f" failed {r['failed_judgments']}" if r.get("failed_judgments") else "")
+        + (
+            f" | held-out self {_fmt(r['self_reward'], '.3f')} gold {_fmt(r.get('gold_reward'), '.3f')}"
+            if r.get("self_reward") is not None
+            else ""
+        )
+        + (" DRIFT: self-judge up, gold judge down" if r.get("drift_warning") else "")
     )
 
 
@@ -182,8 +205,28 @@ def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], lis
     return xs, ys
 
 
+def reward_panel(ax, records: Sequence[dict[str, Any]]) -> None:
+    """The reward panel of ``metrics.png``: the training reward (mean ± std) and, when the
+    drift guard ran, its held-out ``self_reward`` and ``gold_reward`` with the steps that
+    raised ``drift_warning`` shaded."""
+    xs, mean = _series(records, "reward_mean")
+    std = [float(r.get("reward_std") or 0.0) for r in records if r.get("reward_mean") is not None]
+    ax.plot(xs, mean, marker="o", label="reward mean")
+    ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2, label="± std")
+    for key, label, style in (("self_reward", "self-judge (held-out)", "s-"), ("gold_reward", "gold judge (held-out)", "D-")):
+        gx, gy = _series(records, key)
+        if gx:
+            ax.plot(gx, gy, style, label=label)
+    warned = [r["step"] for r in records if r.get("drift_warning")]
+    for k, step in enumerate(warned):
+        ax.axvspan(step - 0.5, step + 0.5, color="tab:red", alpha=0.25, label="drift warning" if k == 0 else None)
+    ax.set_title("reward")
+    ax.set_xlabel("step")
+    ax.legend(loc="best")
+
+
 def plot_metrics(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Four panels: reward (mean ± std), stacked step-time breakdown, clipfrac / approx_kl,
+    """Four panels: reward (mean ± std; the drift guard's held-out self and gold rewards), stacked step-time breakdown, clipfrac / approx_kl,
     grading share. Written with the Agg backend (no display needed)."""
     import matplotlib
 
@@ -191,14 +234,7 @@ def plot_metrics(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    ax = axes[0, 0]
-    xs, mean = _series(records, "reward_mean")
-    std = [float(r.get("reward_std") or 0.0) for r in records if r.get("reward_mean") is not None]
-    ax.plot(xs, mean, marker="o", label="reward mean")
-    ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2, label="± std")
-    ax.set_title("reward")
-    ax.set_xlabel("step")
-    ax.legend(loc="best")
+    reward_panel(axes[0, 0], records)
 
     ax = axes[0, 1]
     steps = [r["step"] for r in records]

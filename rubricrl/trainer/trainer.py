@@ -64,6 +64,7 @@ from rubricrl.trainer.checkpoint import (
     set_rng_state,
     write_latest,
 )
+from rubricrl.trainer.drift import DriftGuard
 from rubricrl.trainer.metrics import MetricsLog, plot_metrics, step_time_table, summary_line
 from rubricrl.trainer.rundir import RunDir, RunDirError
 from rubricrl.trainer.update import ActorUpdater, NonFiniteUpdateError, UpdateBatch
@@ -140,8 +141,9 @@ class Trainer:
         seed_everything(tr.seed)
         # the data first: a bad row or an impossible schedule is reported before the model loads
         self.reward = reward_source if reward_source is not None else make_reward_source(config.reward.source, config, judge=judge)
+        self.guard = DriftGuard(config, self.reward)  # holds its prompts out of the training pools
         self.schedule = PromptSchedule(
-            self.reward.pools(), config.data.prompts_per_step, seed=tr.seed, shuffle=config.data.shuffle
+            self.guard.train_pools(), config.data.prompts_per_step, seed=tr.seed, shuffle=config.data.shuffle
         )
         if engine is None:
             engine = make_engine(
@@ -154,6 +156,7 @@ class Trainer:
                 kv_cache_mb=config.engine.kv_cache_mb,
             )
         self.engine = engine
+        self.guard.attach(engine)  # a frozen copy of the initial weights, before a checkpoint loads
         ro = config.rollout
         self.rollout = Rollout(
             self.schedule, n=ro.n, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature, top_p=ro.top_p, seed=tr.seed
@@ -310,6 +313,7 @@ class Trainer:
         }
         for k, v in reward.counts.items():
             record.setdefault(k, v)
+        record.update(self.guard.after_step(self.engine, step))  # drift guard: held-out self vs gold reward
         self.history.append(record)
         self.metrics_log.append(record)
         self._check_nonfinite_streak()
@@ -395,6 +399,7 @@ class Trainer:
             "rng": rng_state(),
             "reward_source": self.reward.state_dict(),
             "pending_batches": [b.to_dict() for b in pending],
+            "drift_guard": self.guard.state_dict(),
         }
         self.last_checkpoint = save_checkpoint_files(
             directory,
@@ -431,6 +436,7 @@ class Trainer:
             self.reward.load_state_dict(state["reward_source"])
             self.step_count = int(state["step"])
             self._pending = [RolloutBatch.from_dict(b) for b in state["pending_batches"]]
+            self.guard.load_state_dict(state.get("drift_guard"))  # absent in checkpoints from before the guard
             set_rng_state(state["rng"])
         except (ValueError, KeyError, TypeError, RuntimeError) as err:
             raise CheckpointError(f"{where / 'state.pt'}: cannot be restored ({err})") from None
