@@ -9,9 +9,11 @@ token ratio), the entropy bonus, the aggregation weight, d loss / d logprob (and
 d entropy, and the share of d loss / d logprob through the ratio's log, which
 the shared glue spreads over the response for GSPO), and per-program partial
 sums of the loss and metrics (summed by torch afterwards, so the result does not
-depend on scheduling). Every option that changes the computation is a
-``tl.constexpr`` switch, so each configuration compiles to straight-line code;
-no value is read back to the host.
+depend on scheduling). The policy loss, the KL type, the dual clip, the bias
+correction and which optional inputs are given (old log-probs, per-token
+weights, reference log-probs, entropy) are ``tl.constexpr`` switches, so each
+configuration compiles to straight-line code; the coefficients are runtime
+scalars. No value is read back to the host.
 
 The glue is shared with the PyTorch backend (:mod:`rubricrl.ops._torch.grpo`,
 whose ``token_terms`` is the specification this kernel follows): the aggregation
