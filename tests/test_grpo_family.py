@@ -67,7 +67,8 @@ def ref_family(lp, old, adv, mask, *, policy_loss="vanilla", eps_low=0.2, eps_hi
         if policy_loss == "gspo":
             ratio = torch.exp(torch.clamp(seq, -20, 20)).expand_as(lp)
         else:
-            ratio = torch.exp(torch.clamp(seq.detach(), -20, 20)) * torch.exp(lp - lp.detach())
+            # verl's form: the clamp applies to the whole log-ratio (no gradient where it binds)
+            ratio = torch.exp(torch.clamp(seq.detach() + lp - lp.detach(), -20, 20))
     else:
         ratio = tok_ratio
     if policy_loss == "cispo":

@@ -28,6 +28,8 @@ MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-to
 def ref_agg(x, mask, mode, agg_norm=None, horizon=None):
     """The aggregation (docs/algorithms.md §1) of a token matrix x [B, T] under mask (float64)."""
     x = torch.where(mask > 0, x, torch.zeros_like(x))
+    if mode == "token-sum":
+        return x.sum() / (agg_norm if agg_norm is not None else 1.0)
     if mode == "token-mean":
         n = agg_norm if agg_norm is not None else mask.sum()
         return x.sum() / n if float(n) > 0 else x.sum() * 0
@@ -249,8 +251,8 @@ def test_upstream_gradient_scales():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(eps_low=1.0), "eps_low must be in \\[0, 1\\), got 1.0"),
-        (dict(eps_low=-0.1), "eps_low must be in \\[0, 1\\), got -0.1"),
+        (dict(eps_low=1.5), "eps_low must be in \\[0, 1\\], got 1.5"),
+        (dict(eps_low=-0.1), "eps_low must be in \\[0, 1\\], got -0.1"),
         (dict(eps_high=-0.5), "eps_high must be >= 0, got -0.5"),
         (dict(clip_c=1.0), "clip_c .* must be > 1, got 1.0"),
         (dict(loss_agg="sum"), "loss_agg must be one of .* got 'sum'"),
