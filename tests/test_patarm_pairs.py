@@ -145,3 +145,12 @@ def test_cli_exits_2_on_a_bad_pair_file_before_the_model(tmp_path, capsys, monke
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and f"{bad}:2: field 'rejected': identical to 'chosen'" in err[0], err
+
+
+def test_the_shipped_pairs_config_loads_for_both_sources():
+    from rubricrl.configs import __file__ as configs_init
+
+    path = Path(configs_init).parent / "pairs.yaml"
+    cfg = load_config(path)
+    assert (cfg.reward.source, cfg.data.dataset, cfg.data.prompts_per_step % 2) == ("patarm", "builtin:pairs", 0)
+    assert load_config(path, ["reward.source=pairwise_judge"]).reward.source == "pairwise_judge"
