@@ -177,18 +177,17 @@ def sampled_accuracy(engine, source: str, samples: int, max_new_tokens: int, see
 def format_sft(engine, source: str, steps: int, lr: float, seed: int, batch_size: int = 8) -> list[float]:
     """Supervised warm-up on the format alone: train prompts, targets = scaffold + a
     *random* answer + ``</answer>`` + end of turn. Returns the loss per step."""
+    from rubricrl.config import load_config
     from rubricrl.engines.prompts import encode_prompts
     from rubricrl.models.tokenizer import IM_END
-    from rubricrl.pipeline.rewards import load_pairs, make_reward_source
-    from rubricrl.config import load_config
+    from rubricrl.pipeline.rewards import make_reward_source
 
     if steps <= 0:
         return []
     tok = engine.tokenizer
     prefix, candidates, suffix = SCAFFOLD[source]
     config = load_config(None, [f"reward.source={source}", "data.dataset=builtin:pairs", "model.device=cpu"])
-    pool = make_reward_source(source, config).pools()[0][0]
-    assert len(pool) >= len(load_pairs("builtin:pairs"))
+    pool = make_reward_source(source, config).pools()[0][0]  # the training prompts RL will see
     prompt_ids = encode_prompts(tok, [p.messages for p in pool])
     end = tok.convert_tokens_to_ids(IM_END)
     rng = random.Random(seed)
