@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rubricrl.data import RubricItem, load_meta_eval_jsonl, load_rubric_jsonl
-from rubricrl.data.samplers import PairPreservingSampler
 from rubricrl.data.builtin import builtin_learning_prompts, builtin_meta_eval, builtin_rubric_prompts
 from rubricrl.data.rubrics import MetaEvalRow, RubricPrompt
+from rubricrl.data.samplers import PairPreservingSampler
 from rubricrl.rewards.judge_prompts import generate_judge_prompt
 
 __all__ = [
