@@ -48,6 +48,8 @@ __all__ = [
     "MODEL_DTYPES",
     "ModelConfig",
     "OptimConfig",
+    "PAIR_REWARD_SOURCES",
+    "PairsConfig",
     "PipelineConfig",
     "RLPRConfig",
     "RewardConfig",
@@ -148,11 +150,28 @@ class RLPRConfig:
     std_filter_warmup: int = 3
 
 
+# ---- preference-pair reward sources (reward.source = patarm | pairwise_judge) ----
+
+#: Reward sources whose data are preference pairs (``data.dataset``: ``builtin:pairs``,
+#: ``builtin:pairs-heldout`` or a pair JSONL path; ``builtin`` means ``builtin:pairs``).
+PAIR_REWARD_SOURCES = ("patarm", "pairwise_judge")
+#: The shipped pair sets (rubricrl/data/builtin/pairs*.jsonl).
+PAIR_BUILTINS = ("builtin", "builtin:pairs", "builtin:pairs-heldout")
+
+
+@dataclass
+class PairsConfig:
+    """PaTaRM and the RM-R1-style pairwise judge (docs/rlpr_patarm.md)."""
+
+    par_f: Literal["graded", "constant"] = "graded"  # patarm: f of the preference-aware reward
+    order_seed: int = 0  # pairwise_judge: seed of the A/B slot of each pair's chosen response
+
+
 @dataclass
 class RewardConfig:
     """Where rewards come from and how the policy grades itself."""
 
-    source: str = "rubric"  # rubric | rlpr | mix (or any registered reward source)
+    source: str = "rubric"  # rubric | rlpr | mix | patarm | pairwise_judge (or any registered reward source)
     judge: str = "logprob"  # logprob | generate
     judge_mode: str = "expected"  # logprob judge: expected | threshold | sample
     grading_temperature: float = 1.0  # verdict temperature (1.0 = the rollout temperature, docs/algorithms.md §3)
@@ -160,6 +179,7 @@ class RewardConfig:
     judge_options: dict[str, Any] = field(default_factory=dict)  # more keyword options for make_judge
     ungraded: Literal["exclude", "group_mean"] = "exclude"
     rlpr: RLPRConfig = field(default_factory=RLPRConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)  # reward.source = patarm | pairwise_judge
 
 
 @dataclass
@@ -522,7 +542,17 @@ def _validate(cfg: TrainConfig) -> None:
     problem = device_problem(cfg.model.device)
     _check(problem is None, "model.device", problem or "")
     at_least("data.prompts_per_step", cfg.data.prompts_per_step, 1)
-    _check_data_file("data.dataset", cfg.data.dataset, ("builtin", "builtin:learning"))
+    if cfg.reward.source in PAIR_REWARD_SOURCES:
+        _check_data_file("data.dataset", cfg.data.dataset, PAIR_BUILTINS)
+        _check(
+            cfg.reward.source != "patarm" or cfg.data.prompts_per_step % 2 == 0,
+            "data.prompts_per_step",
+            f"must be even for reward.source=patarm (a pair's two judge prompts train in one step), "
+            f"got {cfg.data.prompts_per_step}",
+        )
+        at_least("reward.pairs.order_seed", cfg.reward.pairs.order_seed, 0)
+    else:
+        _check_data_file("data.dataset", cfg.data.dataset, ("builtin", "builtin:learning"))
     at_least("data.min_items", cfg.data.min_items, 0)
     _check(0.0 <= cfg.data.mix_fraction <= 1.0, "data.mix_fraction", f"must lie in [0, 1], got {cfg.data.mix_fraction}")
     at_least("rollout.n", cfg.rollout.n, 1)

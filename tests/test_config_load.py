@@ -59,7 +59,7 @@ def test_wrong_types_name_the_key(tmp_path):
         "optim.betas=[0.9, x]": "optim.betas[1]: expected float, got 'x'",
         "rollout.n=0": "rollout.n: must be >= 1, got 0",
         "loss.clip_c=0.5": "loss.clip_c: must be > 1",
-        "reward.source=nope": "reward.source: expected one of mix, rlpr, rubric, got 'nope'",
+        "reward.source=nope": "reward.source: expected one of mix, pairwise_judge, patarm, rlpr, rubric, got 'nope'",
         "reward.judge_mode=vote": "reward.judge_mode: expected one of expected, threshold, sample",
         "model.device=tpu": "model.device: expected auto, cpu, cuda or cuda:N",
         "optim.betas=[0.9]": "optim.betas: expected two numbers",

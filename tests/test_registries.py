@@ -34,13 +34,13 @@ def test_config_loads_without_importing_the_pipeline():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
     lines = out.stdout.splitlines()
-    assert lines == ["reward.source: expected one of mix, rlpr, rubric, got 'nope'", "[]"], out.stdout + out.stderr
+    assert lines == ["reward.source: expected one of mix, pairwise_judge, patarm, rlpr, rubric, got 'nope'", "[]"], out.stdout + out.stderr
 
 
 def test_builtin_names_are_the_registered_sources():
     # rubricrl.pipeline is imported above: every built-in the config accepts has a factory.
     assert set(registry.BUILTIN_REWARD_SOURCES) <= set(registry._REGISTRY)
-    assert registry.reward_source_names() == ["mix", "rlpr", "rubric"]
+    assert registry.reward_source_names() == ["mix", "pairwise_judge", "patarm", "rlpr", "rubric"]
 
 
 def test_duplicate_reward_source_raises_and_overwrite_replaces():
@@ -66,9 +66,9 @@ def test_duplicate_reward_source_raises_and_overwrite_replaces():
         registry.register_reward_source("rubric")(factory)
     with pytest.raises(ValueError, match="non-empty string"):
         registry.register_reward_source("")
-    with pytest.raises(ConfigError, match="^reward.source: expected one of mix, rlpr, rubric, got 'dup-test'"):
+    with pytest.raises(ConfigError, match="^reward.source: expected one of mix, pairwise_judge, patarm, rlpr, rubric, got 'dup-test'"):
         load_config(None, ["reward.source=dup-test"])
-    with pytest.raises(ValueError, match="^unknown reward source 'dup-test'; registered: mix, rlpr, rubric$"):
+    with pytest.raises(ValueError, match="^unknown reward source 'dup-test'; registered: mix, pairwise_judge, patarm, rlpr, rubric$"):
         make_reward_source("dup-test", None)
 
 

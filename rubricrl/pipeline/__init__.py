@@ -2,6 +2,7 @@
 bounded-staleness rollout schedule (docs/algorithms.md §7)."""
 
 from rubricrl.pipeline.data import (
+    PromptPairs,
     PromptSchedule,
     TrainPrompt,
     load_reference_prompts,
@@ -10,11 +11,14 @@ from rubricrl.pipeline.data import (
 )
 from rubricrl.pipeline.rewards import (
     MixReward,
+    PairwiseJudgeReward,
+    PatarmReward,
     RewardOutput,
     RewardSource,
     RLPRReward,
     RubricReward,
     build_judge,
+    load_pairs,
     make_reward_source,
     register_reward_source,
     reward_source_names,
@@ -24,6 +28,9 @@ from rubricrl.pipeline.schedule import RolloutPipeline, snapshot_engine
 
 __all__ = [
     "MixReward",
+    "PairwiseJudgeReward",
+    "PatarmReward",
+    "PromptPairs",
     "PromptSchedule",
     "RLPRReward",
     "RewardOutput",
@@ -34,6 +41,7 @@ __all__ = [
     "RubricReward",
     "TrainPrompt",
     "build_judge",
+    "load_pairs",
     "load_reference_prompts",
     "load_rubric_prompts",
     "load_verdict_prompts",

@@ -6,7 +6,9 @@ the response is rewarded:
 * ``rubric``: graded by the policy itself against ``items`` (docs/algorithms.md §3);
 * ``reference``: RLPR probability of ``reference`` after the response's reasoning (docs/algorithms.md §4);
 * ``verdict``: scoring data mixed into training: the prompt is a judge prompt and the
-  reward is 1 when the response's verdict matches ``label`` (docs/algorithms.md §3, mixed data).
+  reward is 1 when the response's verdict matches ``label`` (docs/algorithms.md §3, mixed data);
+* ``pointwise`` / ``pairwise``: judge prompts built from preference pairs
+  (``reward.source=patarm`` / ``pairwise_judge``, docs/rlpr_patarm.md).
 
 :class:`PromptSchedule` picks each step's prompts as a pure function of the step, so a
 resumed run sees exactly the prompts an uninterrupted run would.
@@ -21,9 +23,11 @@ from typing import Any, Literal
 from rubricrl.data import RubricItem, load_meta_eval_jsonl, load_rubric_jsonl
 from rubricrl.data.builtin import builtin_learning_prompts, builtin_meta_eval, builtin_rubric_prompts
 from rubricrl.data.rubrics import MetaEvalRow, RubricPrompt
+from rubricrl.data.samplers import PairPreservingSampler
 from rubricrl.rewards.judge_prompts import generate_judge_prompt
 
 __all__ = [
+    "PromptPairs",
     "PromptSchedule",
     "TrainPrompt",
     "load_reference_prompts",
@@ -31,7 +35,7 @@ __all__ = [
     "load_verdict_prompts",
 ]
 
-PromptKind = Literal["rubric", "reference", "verdict"]
+PromptKind = Literal["rubric", "reference", "verdict", "pointwise", "pairwise"]
 
 
 @dataclass
@@ -138,6 +142,13 @@ def load_verdict_prompts(dataset: str) -> tuple[list[TrainPrompt], int]:
     return prompts, len(rows) - len(prompts)
 
 
+class PromptPairs(list):
+    """A prompt pool of pairs: items ``2i`` and ``2i + 1`` belong together (PaTaRM's
+    chosen and rejected judge prompts). :class:`PromptSchedule` orders it with
+    :class:`~rubricrl.data.samplers.PairPreservingSampler` and takes an even number of
+    prompts from it per step, so both halves of a pair are always in the same step."""
+
+
 def _pool_counts(pools: list[tuple[list[TrainPrompt], float]], per_step: int) -> list[int]:
     """Prompts per step from each pool: ``round(share * per_step)``, the last pool the rest."""
     counts = [round(share * per_step) for _, share in pools[:-1]]
@@ -172,6 +183,11 @@ class PromptSchedule:
         self.shuffle = shuffle
         counts = _pool_counts(pools, per_step)
         for j, ((prompts, _), count) in enumerate(zip(pools, counts)):
+            if isinstance(prompts, PromptPairs) and (count % 2 or len(prompts) % 2):
+                raise ValueError(
+                    f"data.prompts_per_step={per_step}: a step would take {count} prompts from a pool of pairs "
+                    f"of {len(prompts)}; both must be even so that no pair is split across steps"
+                )
             # More than a pool holds would repeat prompts within one step (each group a copy).
             if count > len(prompts):
                 which = f"pool {j} of the reward source" if len(pools) > 1 else "the dataset"
@@ -186,9 +202,17 @@ class PromptSchedule:
     def _order(self, pool: int, epoch: int) -> list[int]:
         key = (pool, epoch)
         if key not in self._orders:
-            order = list(range(len(self.pools[pool][0])))
-            if self.shuffle:
-                random.Random(f"{self.seed}/{pool}/{epoch}").shuffle(order)
+            prompts = self.pools[pool][0]
+            if isinstance(prompts, PromptPairs):
+                # whole pairs at even offsets; with an even count per step and an even pool,
+                # every step's slice (epoch boundaries included) starts at an even offset
+                sampler = PairPreservingSampler(len(prompts), shuffle=self.shuffle, seed=self.seed * 1009 + pool)
+                sampler.set_epoch(epoch)
+                order = list(sampler)
+            else:
+                order = list(range(len(prompts)))
+                if self.shuffle:
+                    random.Random(f"{self.seed}/{pool}/{epoch}").shuffle(order)
             if len(self._orders) > 64:
                 self._orders.clear()
             self._orders[key] = order

@@ -7,7 +7,11 @@ A reward source is looked up by name (``reward.source`` in the config):
 * ``rlpr``: RLPR probability reward against a reference answer (docs/algorithms.md §4), with the
   optional std filter;
 * ``mix``: rubric prompts plus scoring data with a known label, rewarded 1 when the
-  response's verdict matches the label (docs/algorithms.md §3, mixed data).
+  response's verdict matches the label (docs/algorithms.md §3, mixed data);
+* ``patarm``: preference pairs; the policy judges each response pointwise and is rewarded
+  with PaTaRM's preference-aware reward plus the format reward (docs/rlpr_patarm.md);
+* ``pairwise_judge``: preference pairs; the policy names the better response (RM-R1
+  style), rewarded 1 when right (docs/rlpr_patarm.md).
 
 Add one with ``@register_reward_source("name")`` on a factory
 ``factory(config, *, judge=None) -> RewardSource``; the trainer never changes. The registry
@@ -34,15 +38,20 @@ from rubricrl.engines import Engine
 from rubricrl.judges.base import GradeRequest, GradeResult, Judge
 from rubricrl.judges.registry import build_judge as build_judge_by_name
 from rubricrl.ops import span_mean_prob
+from rubricrl.data.builtin import PAIR_DATASETS, builtin_pairs
+from rubricrl.data.pairs import PreferencePair, load_pair_jsonl
 from rubricrl.pipeline.data import (
+    PromptPairs,
     TrainPrompt,
     load_reference_prompts,
     load_rubric_prompts,
     load_verdict_prompts,
 )
 from rubricrl.pipeline.rollout import RolloutBatch
-from rubricrl.rewards import rlpr
+from rubricrl.rewards import patarm, rlpr
 from rubricrl.rewards.judge_parse import parse_verdict
+from rubricrl.rewards.pairwise import assign_positions, build_pairwise_prompt, conversation_text, pairwise_reward, parse_pairwise
+from rubricrl.rewards.patarm_prompts import build_pointwise_prompt
 from rubricrl.rewards.registry import register_reward_source, reward_source_factory, reward_source_names
 
 if TYPE_CHECKING:
@@ -50,11 +59,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MixReward",
+    "PairwiseJudgeReward",
+    "PatarmReward",
     "RLPRReward",
     "RewardOutput",
     "RewardSource",
     "RubricReward",
     "build_judge",
+    "load_pairs",
     "make_reward_source",
     "register_reward_source",
     "reward_source_names",
@@ -68,7 +80,8 @@ class RewardOutput:
     """Scores of one batch, prompt-major (index ``i * G + j``).
 
     Attributes:
-        scores: one per response, in ``[0, 1]``; None = ungraded (no usable judgment).
+        scores: one per response, in ``[0, 1]`` (``patarm``: PaTaRM's [-1.5, 1.4]); None =
+            ungraded (no usable judgment).
         judge_version: policy version of the weights that graded the batch.
         keep_groups: optional per-prompt filter from the source (e.g. RLPR's std filter);
             False leaves the group out of the update.
@@ -406,3 +419,155 @@ def _rlpr(config: TrainConfig, *, judge: Judge | None = None) -> RLPRReward:
         std_filter=filt,
         batch_size=config.optim.micro_batch_size,
     )
+
+
+# --------------------------------------------------------------------------- preference pairs
+
+
+def load_pairs(dataset: str) -> list[PreferencePair]:
+    """Preference pairs of ``data.dataset`` for the pair sources: ``builtin`` or
+    ``builtin:pairs`` (the shipped training pairs), ``builtin:pairs-heldout``, or a pair
+    JSONL path (validated with ``file:line`` errors, :mod:`rubricrl.data.pairs`)."""
+    if dataset == "builtin":
+        dataset = "builtin:pairs"
+    return builtin_pairs(dataset) if dataset in PAIR_DATASETS else load_pair_jsonl(dataset)
+
+
+def _pair_key(prompt: TrainPrompt) -> str:
+    # prompt ids of the pair sources are "<pair_id>/<suffix>"; pair ids may contain "/"
+    return prompt.prompt_id.rsplit("/", 1)[0]
+
+
+class PatarmReward:
+    """PaTaRM (docs/algorithms.md §5): the policy judges each response of a preference pair
+    pointwise (its own extra rubrics, then a 0-10 score), and each judgment is rewarded
+    with the preference-aware reward against the other response's mean score plus the
+    format reward (:func:`rubricrl.rewards.patarm.patarm_rewards`).
+
+    Every pair is two prompts, the chosen response's judge prompt at ``2i`` and the
+    rejected one's at ``2i + 1`` of a :class:`~rubricrl.pipeline.data.PromptPairs` pool, so
+    the schedule puts both in one step; the G responses of each are the n judgments of
+    that side. Scores lie in [-1.5, 1.4] (the PaTaRM scale, not [0, 1]); an unparsable
+    judgment gets its format penalty, it is never ungraded.
+    """
+
+    name = "patarm"
+
+    def __init__(self, pairs: Sequence[PreferencePair], *, f: str = "graded") -> None:
+        self.f = f
+        self._prompts = PromptPairs()
+        for pair in pairs:
+            conversation = conversation_text(pair.prompt)
+            for side, response in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+                text = build_pointwise_prompt(conversation, response, pair.task)
+                self._prompts.append(
+                    TrainPrompt(f"{pair.pair_id}/{side}", [{"role": "user", "content": text}], "pointwise", label=side == "chosen")
+                )
+
+    def pools(self) -> list[tuple[list[TrainPrompt], float]]:
+        return [(self._prompts, 1.0)]
+
+    def score(self, engine: Engine, batch: RolloutBatch) -> RewardOutput:
+        G = len(batch.samples[0]) if batch.samples else 0
+        sides: dict[str, dict[bool, int]] = {}
+        for i, prompt in enumerate(batch.prompts):
+            sides.setdefault(_pair_key(prompt), {})[bool(prompt.label)] = i
+        scores: list[float | None] = [None] * (len(batch.prompts) * G)
+        unparsed = right = ties = judged = 0
+        for key, where in sides.items():
+            if len(where) != 2:
+                missing = "rejected" if True in where else "chosen"
+                raise RuntimeError(f"patarm: pair {key!r} has no {missing} prompt in step {batch.step}; pairs must train together")
+            i_c, i_r = where[True], where[False]
+            texts_c = [s.response_text for s in batch.samples[i_c]]
+            texts_r = [s.response_text for s in batch.samples[i_r]]
+            r_c, r_r = patarm.patarm_rewards(texts_c, texts_r, self.f)
+            scores[i_c * G : (i_c + 1) * G] = r_c.tolist()
+            scores[i_r * G : (i_r + 1) * G] = r_r.tolist()
+            s_c = [patarm.parse_judgment(t).score for t in texts_c]
+            s_r = [patarm.parse_judgment(t).score for t in texts_r]
+            unparsed += sum(s is None for s in s_c + s_r)
+            m_c, m_r = patarm.vote(s_c), patarm.vote(s_r)  # the means PAR compares with
+            if m_c is not None and m_r is not None:
+                judged += 1
+                right += m_c - m_r > patarm.DELTA_TOL
+                ties += abs(m_c - m_r) <= patarm.DELTA_TOL
+        counts = {
+            "unparsed_judgments": float(unparsed),
+            "judged_pairs": float(judged),
+            # share of pairs (both sides with a valid score) whose mean chosen score is higher
+            "pair_accuracy": right / judged if judged else math.nan,
+            "pair_ties": float(ties),
+        }
+        return RewardOutput(scores, engine.policy_version, None, counts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+@register_reward_source("patarm")
+def _patarm(config: TrainConfig, *, judge: Judge | None = None) -> PatarmReward:
+    return PatarmReward(load_pairs(config.data.dataset), f=config.reward.pairs.par_f)
+
+
+class PairwiseJudgeReward:
+    """RM-R1-style pairwise judging: the policy writes rubrics, evaluates both responses of
+    a pair and names the better one (:mod:`rubricrl.rewards.pairwise`); reward 1 when it
+    names the chosen one, 0 otherwise (an unparsable output included, counted as
+    ``unparsed_judgments``).
+
+    Each pair is one prompt; the slot (A or B) of its chosen response is drawn once per
+    pair with ``order_seed``, balanced over the data set (:func:`assign_positions`), and
+    recorded in the prompt (``label`` True = chosen is A; the id ends in ``/A`` or ``/B``).
+    """
+
+    name = "pairwise_judge"
+
+    def __init__(self, pairs: Sequence[PreferencePair], *, order_seed: int = 0) -> None:
+        positions = assign_positions([p.pair_id for p in pairs], order_seed)
+        self._prompts: list[TrainPrompt] = []
+        for pair, pos in zip(pairs, positions):
+            a, b = (pair.chosen, pair.rejected) if pos == "A" else (pair.rejected, pair.chosen)
+            text = build_pairwise_prompt(conversation_text(pair.prompt), a, b)
+            self._prompts.append(
+                TrainPrompt(f"{pair.pair_id}/{pos}", [{"role": "user", "content": text}], "pairwise", label=pos == "A")
+            )
+
+    def pools(self) -> list[tuple[list[TrainPrompt], float]]:
+        return [(self._prompts, 1.0)]
+
+    def score(self, engine: Engine, batch: RolloutBatch) -> RewardOutput:
+        scores: list[float | None] = []
+        unparsed = answered_a = right = 0
+        for prompt, group in zip(batch.prompts, batch.samples):
+            chosen = "A" if prompt.label else "B"
+            for sample in group:
+                judgment = parse_pairwise(sample.response_text)
+                reward = pairwise_reward(judgment, chosen)
+                scores.append(reward)
+                unparsed += judgment.choice is None
+                answered_a += judgment.choice == "A"
+                right += reward == 1.0
+        n = len(scores)
+        counts = {
+            "unparsed_judgments": float(unparsed),
+            "pairwise_accuracy": right / n if n else math.nan,
+            # position diagnostics: where the chosen response sat, and how often "A" was named
+            "chosen_in_a": sum(bool(p.label) for p in batch.prompts) / len(batch.prompts) if batch.prompts else math.nan,
+            "answered_a": answered_a / n if n else math.nan,
+        }
+        return RewardOutput(scores, engine.policy_version, None, counts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+@register_reward_source("pairwise_judge")
+def _pairwise_judge(config: TrainConfig, *, judge: Judge | None = None) -> PairwiseJudgeReward:
+    return PairwiseJudgeReward(load_pairs(config.data.dataset), order_seed=config.reward.pairs.order_seed)

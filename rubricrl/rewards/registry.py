@@ -18,7 +18,7 @@ from typing import Any
 __all__ = ["BUILTIN_REWARD_SOURCES", "register_reward_source", "reward_source_factory", "reward_source_names"]
 
 #: The sources ``rubricrl.pipeline.rewards`` registers (a test checks that it does).
-BUILTIN_REWARD_SOURCES: tuple[str, ...] = ("mix", "rlpr", "rubric")
+BUILTIN_REWARD_SOURCES: tuple[str, ...] = ("mix", "pairwise_judge", "patarm", "rlpr", "rubric")
 
 #: name -> ``factory(config, *, judge=None) -> RewardSource``.
 _REGISTRY: dict[str, Callable[..., Any]] = {}
