@@ -228,6 +228,24 @@ class PipelineConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Running the trainer on a Ray cluster (docs/distributed.md); ``none`` = one process."""
+
+    backend: Literal["none", "ray"] = "none"
+    address: str | None = None  # Ray cluster to join (null: $RAY_ADDRESS if set, else start a local one)
+    local_cpus: int | None = None  # CPUs of a started local cluster (null: all of the machine's)
+    engine_workers: int = 1  # Ray actors that sample and self-grade (each holds an engine)
+    trainer_ranks: int = 1  # data-parallel torch.distributed ranks of the update (Ray actors)
+    engine_num_cpus: float = 1.0  # Ray resources of one engine worker
+    engine_num_gpus: float = 0.0
+    trainer_num_cpus: float = 1.0  # Ray resources of one trainer rank
+    trainer_num_gpus: float = 0.0
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # placement-group strategy
+    max_restarts: int = 3  # restarts of a dead engine worker by Ray (its groups are re-sampled)
+    timeout_s: float = 300.0  # placement, process-group set-up and collective timeout
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -239,6 +257,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> TrainConfig:
         """Check value ranges and cross-field rules; raise :class:`ConfigError`; return self."""
@@ -556,6 +575,30 @@ def _validate(cfg: TrainConfig) -> None:
     at_least("trainer.max_nonfinite_steps", tr.max_nonfinite_steps, 1)
     _check(bool(tr.out_dir), "trainer.out_dir", "must be a directory path")
     at_least("pipeline.eta", cfg.pipeline.eta, 0)
+    _validate_distributed(cfg)
+
+
+def _validate_distributed(cfg: TrainConfig) -> None:
+    d = cfg.distributed
+    for name in ("engine_workers", "trainer_ranks"):
+        _check(getattr(d, name) >= 1, f"distributed.{name}", f"must be >= 1, got {getattr(d, name)}")
+    for name in ("engine_num_cpus", "engine_num_gpus", "trainer_num_cpus", "trainer_num_gpus"):
+        value = getattr(d, name)
+        _check(math.isfinite(value) and value >= 0, f"distributed.{name}", f"must be a finite number >= 0, got {value}")
+    if d.local_cpus is not None:
+        _check(d.local_cpus >= 1, "distributed.local_cpus", f"must be >= 1 or null, got {d.local_cpus}")
+    _check(d.max_restarts >= 0, "distributed.max_restarts", f"must be >= 0, got {d.max_restarts}")
+    _check(math.isfinite(d.timeout_s) and d.timeout_s > 0, "distributed.timeout_s", f"must be a finite number > 0, got {d.timeout_s}")
+    if d.backend != "ray":
+        return
+    # what the Ray backend does not do (yet): each is a one-line error, not a silent change
+    _check(
+        cfg.reward.source in ("rubric", "mix"),
+        "reward.source",
+        f"distributed.backend=ray grades on the engine workers group by group: rubric or mix; {cfg.reward.source!r} "
+        "keeps run-wide state (rlpr's std filter and debias cache), run it with distributed.backend=none",
+    )
+    _check(cfg.pipeline.eta == 0, "pipeline.eta", f"distributed.backend=ray samples on-policy (eta = 0), got {cfg.pipeline.eta}")
 
 
 def device_problem(name: str) -> str | None:

@@ -1,0 +1,177 @@
+"""The trainer on Ray (``distributed.backend=ray``), on a local 2-CPU Ray cluster started
+once for the module: engine workers and trainer ranks as actors (0.5 CPU each).
+
+* exactness: a 2-step CLI run with 1 engine worker and 2 data-parallel trainer ranks, and
+  a 1-rank run, give the weights (after every step) of the single-process trainer, within
+  fp32 reduction-order tolerance; the sampled batches are the same (same rewards, same
+  trained responses);
+* faults: an engine worker killed mid-step (``ray.kill``) is restarted by Ray and its groups
+  are re-sampled, counted once (the run equals the uninterrupted one); a trainer rank
+  killed mid-step stops the run with a one-line error naming the checkpoint, which resumes
+  to the uninterrupted run's weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray", reason="ray is not installed (requirements-peers.txt pins it; make test installs it)")
+
+from rubricrl.cli import main  # noqa: E402
+from rubricrl.config import config_from_dict, config_to_dict  # noqa: E402
+from rubricrl.distributed import TrainerRankError  # noqa: E402
+from rubricrl.distributed.ray_trainer import RayTrainer  # noqa: E402
+from rubricrl.trainer import MetricsLog, Trainer  # noqa: E402
+
+#: the run every test trains: 3 prompts x 3 responses, 2 optimizer steps of 2-row micro-batches
+#: per training step, so the two ranks get unequal shares of a mini-batch
+SETTINGS = {
+    "model": {"device": "cpu"},
+    "data": {"prompts_per_step": 3},
+    "rollout": {"n": 3, "max_new_tokens": 8},
+    "optim": {"lr": 1e-3, "micro_batch_size": 2, "updates_per_step": 2},
+    "trainer": {"steps": 2, "checkpoint_every": 1, "progress": False, "plot": False, "log_every": 1000},
+}
+#: the Ray side: 1 engine worker, 2 trainer ranks, half a CPU each (3 actors on 2 CPUs)
+RAY = {"backend": "ray", "engine_workers": 1, "trainer_ranks": 2, "engine_num_cpus": 0.5, "trainer_num_cpus": 0.5}
+
+# AdamW's first steps move a weight by about lr * sign(grad): a gradient component that
+# nearly cancels between the ranks' shares can round to another value (not sign) in
+# another summation order. Bound: a small fraction of one step (lr = 1e-3) per weight.
+ATOL = 2e-5
+
+
+def config(out, **sections):
+    raw = {k: dict(v) for k, v in SETTINGS.items()}
+    raw["trainer"]["out_dir"] = str(out)
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return config_from_dict(raw).validate()
+
+
+def sets(section: str, values: dict) -> list[str]:
+    return [a for k, v in values.items() for a in ("--set", f"{section}.{k}={v}")]
+
+
+def weights(run, step):
+    return torch.load(run / "checkpoints" / f"step_{step:06d}" / "model.pt", weights_only=True)
+
+
+def assert_same_weights(run, reference, step, atol=ATOL):
+    got, want = weights(run, step), weights(reference, step)
+    assert got.keys() == want.keys()
+    worst = max((got[k] - want[k]).abs().max().item() for k in want)
+    assert worst <= atol, f"step {step}: weights differ by {worst:.3g} (> {atol})"
+
+
+def same_batches(run, reference, steps):
+    """The same responses were sampled and trained on (counts equal), with the same scores
+    and loss (within fp32 noise: from step 2 on, the weights that grade differ within ATOL)."""
+    got, want = MetricsLog(run / "metrics.jsonl").read(), MetricsLog(reference / "metrics.jsonl").read()
+    assert [r["step"] for r in got] == list(range(1, steps + 1))
+    for g, w in zip(got, want[:steps]):
+        for key in ("responses", "trained_responses", "trained_tokens", "dropped_groups", "policy_version"):
+            assert g[key] == w[key], (g["step"], key, g[key], w[key])
+        # the same responses, graded by weights equal within ATOL: equal scores within fp32 noise
+        for key in ("reward_mean", "reward_std", "loss"):
+            assert math.isclose(g[key], w[key], rel_tol=1e-4, abs_tol=1e-6), (g["step"], key, g[key], w[key])
+    return got
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The single-process trainer's 2-step run, a checkpoint after each step."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    trainer = Trainer(config(out))
+    trainer.train()
+    return out
+
+
+def test_cli_two_ranks_equal_single_process(tmp_path, reference):
+    out = tmp_path / "ray2"
+    argv = ["train", "--out", str(out)]
+    for section, values in SETTINGS.items():
+        argv += sets(section, values)
+    argv += sets("distributed", RAY)
+    assert main(argv) == 0
+    records = same_batches(out, reference, 2)
+    for step in (1, 2):
+        assert_same_weights(out, reference, step)
+    # the update moved the weights by far more than the tolerance: the comparison can fail
+    moved = max((weights(out, 2)[k] - weights(out, 1)[k]).abs().max().item() for k in weights(out, 1))
+    assert moved > 50 * ATOL
+    assert all(r["resampled_groups"] == 0 and r["engine_restarts"] == 0 for r in records)
+    assert all(r["sample_version"] == r["step"] - 1 for r in records)  # on-policy: synced before each step
+
+
+def test_one_rank_equals_single_process(tmp_path, reference):
+    out = tmp_path / "ray1"
+    trainer = RayTrainer(config(out, trainer={"steps": 1}, distributed={**RAY, "trainer_ranks": 1}))
+    trainer.train()
+    same_batches(out, reference, 1)
+    assert_same_weights(out, reference, 1)
+
+
+def test_engine_worker_killed_mid_step_is_restarted_and_resampled(tmp_path, reference):
+    killed = []
+
+    def kill_worker(stage, step, fleet):
+        if stage == "rollout" and step == 2 and not killed:
+            killed.append(step)
+            ray.kill(fleet.actors[0], no_restart=False)  # Ray restarts it (max_restarts)
+
+    out = tmp_path / "kill-engine"
+    trainer = RayTrainer(config(out, distributed={**RAY, "trainer_ranks": 1}), fault_hook=kill_worker)
+    trainer.train()
+    assert killed == [2]
+    records = same_batches(out, reference, 2)
+    # step 2's three groups were lost with the worker and sampled again, once each
+    assert [r["resampled_groups"] for r in records] == [0, 3]
+    assert [r["engine_restarts"] for r in records] == [0, 1]
+    assert records[1]["responses"] == 3 * 3
+    assert_same_weights(out, reference, 2)
+
+
+def test_trainer_rank_killed_stops_with_resumable_checkpoint(tmp_path, reference):
+    def kill_rank(stage, step, trainer):
+        if stage == "update" and step == 2:
+            ray.kill(trainer.ranks.actors[1], no_restart=True)
+
+    out = tmp_path / "kill-rank"
+    trainer = RayTrainer(config(out, distributed=RAY), fault_hook=kill_rank)
+    with pytest.raises(TrainerRankError) as err:
+        trainer.train()
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("step 2: trainer rank 1 died")
+    assert "resume from step_000001 with: rubricrl train --resume" in message
+    assert trainer.ranks is None and trainer.fleet is None  # the actors are gone
+    assert not (out / "checkpoints" / "step_000002").exists()
+    assert [r["step"] for r in MetricsLog(out / "metrics.jsonl").read()] == [1]
+
+    resumed = RayTrainer.from_checkpoint(out)
+    assert resumed.step_count == 1
+    resumed.train()
+    same_batches(out, reference, 2)
+    assert_same_weights(out, reference, 2)
+
+
+def test_cli_refusals_are_one_line(tmp_path, capsys):
+    base = ["train", "--out", str(tmp_path / "r"), "--set", "model.device=cpu", *sets("distributed", RAY)]
+    assert main([*base, "--set", "reward.source=rlpr"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "reward.source" in err and "distributed.backend=ray" in err
+    # more GPUs than the cluster has: refused when placing, before any actor starts
+    assert main([*base, "--set", "distributed.trainer_num_gpus=1", "--set", "distributed.timeout_s=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot place" in err and "distributed.trainer_num_*" in err
