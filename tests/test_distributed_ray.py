@@ -2,7 +2,7 @@
 once for the module: engine workers and trainer ranks as actors (0.5 CPU each).
 
 * exactness: a 2-step CLI run with 1 engine worker and 2 data-parallel trainer ranks, and
-  a 1-rank run, give the weights (after every step) of the single-process trainer, within
+  a 1-rank run (the engine-fault test's), give the weights (after every step) of the single-process trainer, within
   fp32 reduction-order tolerance; the sampled batches are the same (same rewards, same
   trained responses);
 * faults: an engine worker killed mid-step (``ray.kill``) is restarted by Ray and its groups
@@ -32,16 +32,19 @@ SETTINGS = {
     "model": {"device": "cpu"},
     "data": {"prompts_per_step": 3},
     "rollout": {"n": 3, "max_new_tokens": 8},
-    "optim": {"lr": 1e-3, "micro_batch_size": 2, "updates_per_step": 2},
+    "optim": {"lr": 1e-3, "eps": 1e-4, "micro_batch_size": 2, "updates_per_step": 2},
     "trainer": {"steps": 2, "checkpoint_every": 1, "progress": False, "plot": False, "log_every": 1000},
 }
 #: the Ray side: 1 engine worker, 2 trainer ranks, half a CPU each (3 actors on 2 CPUs)
 RAY = {"backend": "ray", "engine_workers": 1, "trainer_ranks": 2, "engine_num_cpus": 0.5, "trainer_num_cpus": 0.5}
 
-# AdamW's first steps move a weight by about lr * sign(grad): a gradient component that
-# nearly cancels between the ranks' shares can round to another value (not sign) in
-# another summation order. Bound: a small fraction of one step (lr = 1e-3) per weight.
-ATOL = 2e-5
+# Two ranks sum their shares of a gradient in another order than one process: the
+# weights after a step differ by fp32 rounding (measured: 8e-8). AdamW passes a rounding
+# difference of a gradient component of size ~eps on nearly whole (its first step is
+# lr * g / (|g| + eps)); eps = 1e-4 instead of 1e-8 keeps such components in the linear
+# regime, so the bound is tight: 0.1% of one step (lr = 1e-3). One rank is bitwise the
+# single process (same rows, same order, same single thread: see `one_thread`).
+ATOL = 1e-6
 
 
 def config(out, **sections):
@@ -77,7 +80,7 @@ def same_batches(run, reference, steps):
             assert g[key] == w[key], (g["step"], key, g[key], w[key])
         # the same responses, graded by weights equal within ATOL: equal scores within fp32 noise
         for key in ("reward_mean", "reward_std", "loss"):
-            assert math.isclose(g[key], w[key], rel_tol=1e-4, abs_tol=1e-6), (g["step"], key, g[key], w[key])
+            assert math.isclose(g[key], w[key], rel_tol=1e-3, abs_tol=1e-5), (g["step"], key, g[key], w[key])
     return got
 
 
@@ -88,8 +91,19 @@ def local_cluster():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The single-process reference runs with one torch thread, as the half-CPU actors do:
+    another thread count sums the matmuls in another order (that alone moved the weights
+    after a step by 2e-5)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, one_thread):
     """The single-process trainer's 2-step run, a checkpoint after each step."""
     out = tmp_path_factory.mktemp("single") / "run"
     trainer = Trainer(config(out))
@@ -114,14 +128,6 @@ def test_cli_two_ranks_equal_single_process(tmp_path, reference):
     assert all(r["sample_version"] == r["step"] - 1 for r in records)  # on-policy: synced before each step
 
 
-def test_one_rank_equals_single_process(tmp_path, reference):
-    out = tmp_path / "ray1"
-    trainer = RayTrainer(config(out, trainer={"steps": 1}, distributed={**RAY, "trainer_ranks": 1}))
-    trainer.train()
-    same_batches(out, reference, 1)
-    assert_same_weights(out, reference, 1)
-
-
 def test_engine_worker_killed_mid_step_is_restarted_and_resampled(tmp_path, reference):
     killed = []
 
@@ -139,7 +145,9 @@ def test_engine_worker_killed_mid_step_is_restarted_and_resampled(tmp_path, refe
     assert [r["resampled_groups"] for r in records] == [0, 3]
     assert [r["engine_restarts"] for r in records] == [0, 1]
     assert records[1]["responses"] == 3 * 3
-    assert_same_weights(out, reference, 2)
+    # one trainer rank: bitwise the single-process weights after each step (step 1 had no fault)
+    assert_same_weights(out, reference, 1, atol=0.0)
+    assert_same_weights(out, reference, 2, atol=0.0)
 
 
 def test_trainer_rank_killed_stops_with_resumable_checkpoint(tmp_path, reference):

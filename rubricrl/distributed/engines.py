@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from rubricrl.distributed.cluster import Placement, actor_options, threads_for
 from rubricrl.distributed.engine_worker import EngineWorker, chunk_seed, split_groups
@@ -87,6 +87,7 @@ class EngineFleet:
         num_gpus: float,
         *,
         max_restarts: int,
+        timeout_s: float,
         seed: int,
         fault_hook: Callable[[str, int, Any], None] | None = None,
     ) -> None:
@@ -96,6 +97,7 @@ class EngineFleet:
             for b in placement.worker_bundles
         ]
         self.max_restarts = max_restarts
+        self.timeout_s = timeout_s
         self.restarts = [0] * len(self.actors)
         self.seed = seed
         self.fault_hook = fault_hook
@@ -132,10 +134,20 @@ class EngineFleet:
                 f"{self.max_restarts}): {type(err).__name__}"
             ) from None
         weights, version = self._weights
-        try:  # a call to a restarting actor waits for the restart
-            ray.get(self.actors[w].load_weights.remote(weights, version))
-        except RayActorError as again:
-            self._revive(w, again)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                ray.get(self.actors[w].load_weights.remote(weights, version))
+                return
+            except ActorUnavailableError:  # restarting: calls are refused until it is back
+                if time.monotonic() > deadline:
+                    raise DistributedError(
+                        f"step {self._step}: engine worker {w} did not come back within distributed.timeout_s = {self.timeout_s:g} s"
+                    ) from None
+                time.sleep(0.1)
+            except RayActorError as again:  # died again (or for good): counted as another death
+                self._revive(w, again)
+                return
 
     # ---- one step ------------------------------------------------------------------
 

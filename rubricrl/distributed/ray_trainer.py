@@ -198,7 +198,14 @@ class RayTrainer(Trainer):
             raw = config_to_dict(config)
             # both sets of actors start at once; the ranks' constructor waits for the process group
             self.fleet = EngineFleet(
-                raw, self._placement, d.engine_num_cpus, d.engine_num_gpus, max_restarts=d.max_restarts, seed=tr.seed, fault_hook=self.fault_hook
+                raw,
+                self._placement,
+                d.engine_num_cpus,
+                d.engine_num_gpus,
+                max_restarts=d.max_restarts,
+                timeout_s=d.timeout_s,
+                seed=tr.seed,
+                fault_hook=self.fault_hook,
             )
             self.ranks = self.call_ranks(lambda _: RankGroup(raw, self._placement, d.trainer_num_cpus, d.trainer_num_gpus, d.timeout_s))
             self.engine = _Policy(self)
