@@ -28,7 +28,10 @@ Gradient accumulation is exact: every micro-batch's loss is normalised by the wh
 mini-batch's ``agg_norm`` (valid tokens for ``token-mean``, non-empty responses for the
 seq-mean modes), so the accumulated gradient equals the full-batch gradient.
 ``seq-mean-token-sum-norm`` uses ``horizon = rollout.max_new_tokens``, a constant, so no
-micro-batch is normalised by its own padded length.
+micro-batch is normalised by its own padded length. Data-parallel ranks
+(``rubricrl.distributed.dp_updater``) extend this across processes through three hooks:
+each rank computes its rows of a mini-batch, ``agg_norm`` is summed over the ranks, and
+so are the gradients before the optimizer step.
 """
 
 from __future__ import annotations
@@ -372,7 +375,9 @@ class ActorUpdater:
                             mini_agg[k] = mini_agg.get(k, 0.0) + float(metrics[k])
                 self._reduce_grads()
                 # [loss, then per metric its sum and whether a micro-batch reported it]
-                summed = self._all_sum([total, *(mini_agg.get(k, 0.0) for k in _AGG_METRICS), *(float(k in mini_agg) for k in _AGG_METRICS)])
+                summed = self._all_sum(
+                    [total, *(mini_agg.get(k, 0.0) for k in _AGG_METRICS), *(float(k in mini_agg) for k in _AGG_METRICS)]
+                )
                 total = summed[0]
                 for i, k in enumerate(_AGG_METRICS):
                     if summed[1 + len(_AGG_METRICS) + i] > 0:
