@@ -585,6 +585,9 @@ def _validate_distributed(cfg: TrainConfig) -> None:
     for name in ("engine_num_cpus", "engine_num_gpus", "trainer_num_cpus", "trainer_num_gpus"):
         value = getattr(d, name)
         _check(math.isfinite(value) and value >= 0, f"distributed.{name}", f"must be a finite number >= 0, got {value}")
+    for actor in ("engine", "trainer"):  # Ray cannot place an actor that asks for nothing in a bundle
+        cpus, gpus = getattr(d, f"{actor}_num_cpus"), getattr(d, f"{actor}_num_gpus")
+        _check(cpus + gpus > 0, f"distributed.{actor}_num_cpus", f"{actor} actors need CPUs or GPUs: num_cpus and num_gpus are both 0")
     if d.local_cpus is not None:
         _check(d.local_cpus >= 1, "distributed.local_cpus", f"must be >= 1 or null, got {d.local_cpus}")
     _check(d.max_restarts >= 0, "distributed.max_restarts", f"must be >= 0, got {d.max_restarts}")

@@ -194,6 +194,9 @@ def test_cli_refusals_are_one_line(tmp_path, capsys):
     assert main([*base, "--set", "reward.source=rlpr"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "reward.source" in err and "distributed.backend=ray" in err
+    assert main([*base, "--set", "pipeline.eta=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pipeline.eta" in err
     # more GPUs than the cluster has: refused when placing, before any actor starts
     assert main([*base, "--set", "distributed.trainer_num_gpus=1", "--set", "distributed.timeout_s=1"]) == 2
     err = capsys.readouterr().err.strip()

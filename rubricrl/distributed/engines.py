@@ -10,6 +10,7 @@ with the same seed and weights: the step gets exactly one result per group.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -46,15 +47,15 @@ def merge_rewards(parts: list[tuple[RewardOutput, int]]) -> RewardOutput:
             keep.extend(out.keep_groups if out.keep_groups is not None else [True] * n)
         for k, v in out.counts.items():
             if k in MEAN_COUNTS:
-                if v == v:  # not NaN
-                    counts[k] = counts.get(k, 0.0) + v * n
-                    weights[k] = weights.get(k, 0.0) + n
-                else:
-                    counts.setdefault(k, v)
+                counts[k] = counts.get(k, 0.0)
+                weights[k] = weights.get(k, 0.0)
+                if not math.isnan(v):
+                    counts[k] += v * n
+                    weights[k] += n
             else:
                 counts[k] = counts.get(k, 0.0) + v
     for k, w in weights.items():
-        counts[k] /= w
+        counts[k] = counts[k] / w if w > 0 else math.nan
     return RewardOutput(scores, max(o.judge_version for o, _ in parts), keep, counts)
 
 
