@@ -5,7 +5,8 @@
 
 Each variant runs in a fresh process (``python -m bench.bench_ray --variant NAME``):
 
-* ``single``: ``Trainer`` (``distributed.backend=none``) with ``--threads`` torch threads;
+* ``single1`` / ``single``: ``Trainer`` (``distributed.backend=none``) with 1 / ``--threads``
+  torch threads;
 * ``ray1`` / ``ray2``: ``RayTrainer`` on a local Ray cluster of ``--threads`` CPUs, 1 engine
   worker and 1 or 2 trainer ranks; the CPUs are split evenly between the actors (a rank
   or worker with less than one CPU gets one torch thread: on 2 CPUs the three actors of
@@ -41,7 +42,7 @@ import torch
 
 from bench import harness
 
-VARIANTS = ("single", "ray1", "ray2")
+VARIANTS = ("single1", "single", "ray1", "ray2")
 STEP_KEYS = ("rollout_s", "grading_s", "update_s", "step_s")
 
 
@@ -84,10 +85,18 @@ def pickled(obj) -> tuple[int, float]:
 
 
 def run_variant(variant: str, threads: int, quick: bool) -> dict:
-    torch.set_num_threads(threads)
+    # single1: one torch thread, as every actor of ray1 / ray2 has on 2 CPUs; on a machine
+    # whose other processes keep the cores busy, OpenMP threads that wait for each other at
+    # every parallel region make a multi-threaded process far slower than one thread
+    if variant == "single1":
+        variant, threads_used = "single", 1
+    else:
+        threads_used = threads
+    torch.set_num_threads(threads_used)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = make_config(variant, Path(tmp) / "run", threads, quick)
+        name = "single1" if threads_used != threads else variant
         t0 = time.perf_counter()
         if variant == "single":
             from rubricrl.trainer import Trainer
@@ -118,9 +127,11 @@ def run_variant(variant: str, threads: int, quick: bool) -> dict:
             trainer.updater.update = keep_update
             fleet = trainer.fleet  # close() drops it; its sync_seconds: [initial, after step 1, ...]
         records = trainer.train()
+        if variant == "ray1":  # object-store bandwidth, for weights far larger than the tiny model's
+            extra = object_store_transfer(64 << 20)
         measured = records[1:]  # the first step warms up
         row = {
-            "variant": variant,
+            "variant": name,
             "build_s": build_s,
             **{f"{k}_median": statistics.median(r[k] for r in measured) for k in STEP_KEYS},
             "steps_measured": len(measured),
@@ -135,10 +146,36 @@ def run_variant(variant: str, threads: int, quick: bool) -> dict:
                 update_batch_bytes=ub,
                 update_batch_pickle_s=ut,
                 weights_bytes=weights_bytes(cfg),
+                ray_init_s=trainer.timings["ray_init_s"],
                 actor_start_s=trainer.timings["actor_start_s"],
             )
-    row.update(threads=threads, loadavg_before=load_before, loadavg_after=os.getloadavg())
+    row.update(extra)
+    row.update(threads=threads, torch_threads=torch.get_num_threads(), loadavg_before=load_before, loadavg_after=os.getloadavg())
     return row
+
+
+def object_store_transfer(nbytes: int) -> dict:
+    """Seconds to ``ray.put`` a state dict of ``nbytes`` (fp32, 8 tensors) and to have a task
+    on the cluster read it (what a worker's ``load_weights`` does): the per-byte cost of the
+    weight sync, which the tiny model's few MB cannot show."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def read(state):
+        return sum(float(t[0]) for t in state.values())
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)  # the trainer shut its cluster down
+    try:
+        state = {f"w{i}": torch.ones(nbytes // 32) for i in range(8)}
+        ray.get(read.remote({"w": torch.ones(1)}))  # a warm worker
+        t0 = time.perf_counter()
+        ref = ray.put(state)
+        put_s = time.perf_counter() - t0
+        ray.get(read.remote(ref))
+        total_s = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+    return {"transfer_bytes": nbytes, "transfer_put_s": put_s, "transfer_total_s": total_s}
 
 
 def weights_bytes(cfg) -> int:
@@ -185,18 +222,19 @@ def table(rows: list[dict], meta: dict) -> str:
     lines = [
         f"shapes {meta['shapes']}, {meta['threads']} CPUs/threads, ray {meta['ray']}, fp32 CPU",
         "",
-        "| variant | build (s) | step (s) | rollout (s) | grading (s) | update (s) | weight sync (s) | samples (KB, s) | update batch (KB, s) | load 1m before/after |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | build (s) | ray.init / actors (s) | step (s) | rollout (s) | grading (s) | update (s) | weight sync (s) "
+        "| samples (KB, pickle s) | update batch (KB, pickle s) | load 1m before/after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ray_cols = (
             f"{f(r.get('weight_sync_s_median'))} | {r['samples_bytes'] / 1e3:.1f}, {f(r['samples_pickle_s'], 4)} | "
             f"{r['update_batch_bytes'] / 1e3:.1f}, {f(r['update_batch_pickle_s'], 4)}"
             if "samples_bytes" in r
-            else " | | "
+            else " | | "  # the single process has none of these
         )
         lines.append(
-            f"| {r['variant']} | {f(r['build_s'], 1)} | {f(r['step_s_median'])} | {f(r['rollout_s_median'])} | "
+            f"| {r['variant']} | {f(r['build_s'], 1)} | {f(r.get('ray_init_s'), 1)} / {f(r.get('actor_start_s'), 1)} | {f(r['step_s_median'])} | {f(r['rollout_s_median'])} | "
             f"{f(r['grading_s_median'])} | {f(r['update_s_median'])} | {ray_cols} | "
             f"{r['loadavg_before'][0]:.1f} / {r['loadavg_after'][0]:.1f} |"
         )

@@ -187,6 +187,8 @@ class RayTrainer(Trainer):
         try:
             start = time.perf_counter()
             self._started_ray = connect(d.address, d.local_cpus)
+            self.timings["ray_init_s"] = time.perf_counter() - start
+            start = time.perf_counter()
             self._placement = place(
                 d.engine_workers,
                 d.trainer_ranks,
@@ -211,6 +213,7 @@ class RayTrainer(Trainer):
             self.engine = _Policy(self)
             self.updater = _RankUpdater(self)
             self.sync_weights()  # the workers start from rank 0's weights, whatever they built
+            # placement, the actors' start (imports, models), the process group, the first sync
             self.timings["actor_start_s"] = time.perf_counter() - start
         except BaseException:
             self._shutdown()
