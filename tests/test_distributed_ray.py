@@ -99,8 +99,8 @@ def local_cluster():
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """The single-process reference runs with one torch thread, as the half-CPU actors do:
-    another thread count sums the matmuls in another order (that alone moved the weights
-    after a step by 2e-5)."""
+    another thread count may sum the matmuls in another order, and the 1-rank run is
+    compared bit for bit."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
