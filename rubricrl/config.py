@@ -279,6 +279,21 @@ class GuardConfig:
     window: int = 5  # evaluations in the trend test
     min_self_rise: float = 0.05  # the self-judge's fitted rise over the window must reach this ...
     min_gold_fall: float = 0.05  # ... while the gold judge's fitted change is at most minus this
+class DistributedConfig:
+    """Running the trainer on a Ray cluster (docs/distributed.md); ``none`` = one process."""
+
+    backend: Literal["none", "ray"] = "none"
+    address: str | None = None  # Ray cluster to join (null: $RAY_ADDRESS if set, else start a local one)
+    local_cpus: int | None = None  # CPUs of a started local cluster (null: all of the machine's)
+    engine_workers: int = 1  # Ray actors that sample and self-grade (each holds an engine)
+    trainer_ranks: int = 1  # data-parallel torch.distributed ranks of the update (Ray actors)
+    engine_num_cpus: float = 1.0  # Ray resources of one engine worker
+    engine_num_gpus: float = 0.0
+    trainer_num_cpus: float = 1.0  # Ray resources of one trainer rank
+    trainer_num_gpus: float = 0.0
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # placement-group strategy
+    max_restarts: int = 3  # restarts of a dead engine worker by Ray (its groups are re-sampled)
+    timeout_s: float = 300.0  # placement, process-group set-up and collective timeout
 
 
 @dataclass
@@ -294,6 +309,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> TrainConfig:
         """Check value ranges and cross-field rules; raise :class:`ConfigError`; return self."""
@@ -623,6 +639,7 @@ def _validate(cfg: TrainConfig) -> None:
     _check(bool(tr.out_dir), "trainer.out_dir", "must be a directory path")
     at_least("pipeline.eta", cfg.pipeline.eta, 0)
     _validate_guard(cfg)
+    _validate_distributed(cfg)
 
 
 def _validate_guard(cfg: TrainConfig) -> None:
@@ -648,6 +665,32 @@ def _validate_guard(cfg: TrainConfig) -> None:
     for key, value in g.judge_options.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"guard.judge_options.{key}", f"must be a finite number, got {value}")
+
+
+def _validate_distributed(cfg: TrainConfig) -> None:
+    d = cfg.distributed
+    for name in ("engine_workers", "trainer_ranks"):
+        _check(getattr(d, name) >= 1, f"distributed.{name}", f"must be >= 1, got {getattr(d, name)}")
+    for name in ("engine_num_cpus", "engine_num_gpus", "trainer_num_cpus", "trainer_num_gpus"):
+        value = getattr(d, name)
+        _check(math.isfinite(value) and value >= 0, f"distributed.{name}", f"must be a finite number >= 0, got {value}")
+    for actor in ("engine", "trainer"):  # Ray cannot place an actor that asks for nothing in a bundle
+        cpus, gpus = getattr(d, f"{actor}_num_cpus"), getattr(d, f"{actor}_num_gpus")
+        _check(cpus + gpus > 0, f"distributed.{actor}_num_cpus", f"{actor} actors need CPUs or GPUs: num_cpus and num_gpus are both 0")
+    if d.local_cpus is not None:
+        _check(d.local_cpus >= 1, "distributed.local_cpus", f"must be >= 1 or null, got {d.local_cpus}")
+    _check(d.max_restarts >= 0, "distributed.max_restarts", f"must be >= 0, got {d.max_restarts}")
+    _check(math.isfinite(d.timeout_s) and d.timeout_s > 0, "distributed.timeout_s", f"must be a finite number > 0, got {d.timeout_s}")
+    if d.backend != "ray":
+        return
+    # what the Ray backend does not do (yet): each is a one-line error, not a silent change
+    _check(
+        cfg.reward.source in ("rubric", "mix"),
+        "reward.source",
+        f"distributed.backend=ray grades on the engine workers group by group: rubric or mix; {cfg.reward.source!r} "
+        "keeps run-wide state (rlpr's std filter and debias cache), run it with distributed.backend=none",
+    )
+    _check(cfg.pipeline.eta == 0, "pipeline.eta", f"distributed.backend=ray samples on-policy (eta = 0), got {cfg.pipeline.eta}")
 
 
 def device_problem(name: str) -> str | None:

@@ -100,23 +100,26 @@ def run_train(args: argparse.Namespace) -> int:
     trainer = None
     try:
         try:
-            from rubricrl.trainer import Trainer
+            from rubricrl.distributed import DistributedError, resume_backend, trainer_class  # Trainer or RayTrainer
 
             if args.resume:
-                trainer = Trainer.from_checkpoint(args.resume, overrides, overwrite=args.overwrite)
+                cls = trainer_class(resume_backend(args.resume, overrides))
+                trainer = cls.from_checkpoint(args.resume, overrides, overwrite=args.overwrite)
             else:
-                trainer = Trainer(load_config(args.config, overrides), overwrite=args.overwrite)
+                config = load_config(args.config, overrides)
+                trainer = trainer_class(config.distributed.backend)(config, overwrite=args.overwrite)
         except FileNotFoundError as err:
             return _fail(str(err))
         # ConfigError, RunDirError, CheckpointError, MetricsError and data / model loading
         # errors are ValueErrors whose message names the key, directory or file.
-        except (ConfigError, ValueError) as err:
+        # DistributedError: the cluster cannot place the actors (a resources / cluster mismatch).
+        except (ConfigError, ValueError, DistributedError) as err:
             return _fail(str(err))
         from rubricrl.trainer import NonFiniteUpdateError
 
         try:
             trainer.train()
-        except NonFiniteUpdateError as err:  # a run-time failure, not bad input: exit 1
+        except (NonFiniteUpdateError, DistributedError) as err:  # a run-time failure, not bad input: exit 1
             print(f"rubricrl train: error: {err}", file=sys.stderr)
             return 1
     except KeyboardInterrupt:

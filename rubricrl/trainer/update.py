@@ -28,7 +28,10 @@ Gradient accumulation is exact: every micro-batch's loss is normalised by the wh
 mini-batch's ``agg_norm`` (valid tokens for ``token-mean``, non-empty responses for the
 seq-mean modes), so the accumulated gradient equals the full-batch gradient.
 ``seq-mean-token-sum-norm`` uses ``horizon = rollout.max_new_tokens``, a constant, so no
-micro-batch is normalised by its own padded length.
+micro-batch is normalised by its own padded length. Data-parallel ranks
+(``rubricrl.distributed.dp_updater``) extend this across processes through three hooks:
+each rank computes its rows of a mini-batch, ``agg_norm`` is summed over the ranks, and
+so are the gradients before the optimizer step.
 """
 
 from __future__ import annotations
@@ -316,6 +319,22 @@ class ActorUpdater:
         for p in self.params:
             p.grad = None
 
+    # ---- data-parallel hooks ---------------------------------------------------------
+    # One process computes every row and reduces nothing; rubricrl.distributed's
+    # DataParallelUpdater overrides these three so that each rank computes its share of a
+    # mini-batch and the sums (agg_norm, loss, metrics, gradients) are global.
+
+    def _my_rows(self, rows: list[int]) -> list[int]:
+        """The rows of a mini-batch this process computes (all of them)."""
+        return rows
+
+    def _all_sum(self, values: list[float]) -> list[float]:
+        """``values`` summed over the processes of the update (here: one)."""
+        return values
+
+    def _reduce_grads(self) -> None:
+        """Sum the accumulated gradients over the processes of the update (here: one)."""
+
     # ---- public ----------------------------------------------------------------------
 
     def update(self, batch: UpdateBatch) -> dict[str, float]:
@@ -345,12 +364,13 @@ class ActorUpdater:
         lr = self._lr()
         for _ in range(o.epochs):
             for mini in _split(list(range(len(batch))), o.updates_per_step):
-                norm = self._agg_norm(batch, mini)
+                mine = self._my_rows(mini)
+                norm = self._all_sum([self._agg_norm(batch, mine)])[0]
                 self._zero_grad()
                 total = 0.0
                 mini_agg: dict[str, float] = {}
-                for start in range(0, len(mini), o.micro_batch_size):
-                    rows = mini[start : start + o.micro_batch_size]
+                for start in range(0, len(mine), o.micro_batch_size):
+                    rows = mine[start : start + o.micro_batch_size]
                     mb = _collate(batch, rows, pad, device)
                     loss, metrics = self._micro_loss(mb, norm)
                     loss.backward()
@@ -362,14 +382,23 @@ class ActorUpdater:
                     for k in _AGG_METRICS:
                         if k in metrics:
                             mini_agg[k] = mini_agg.get(k, 0.0) + float(metrics[k])
-                for k, v in mini_agg.items():
-                    agg[k].append(v)
+                self._reduce_grads()
+                # [loss, then per metric its sum and whether a micro-batch reported it]
+                summed = self._all_sum(
+                    [total, *(mini_agg.get(k, 0.0) for k in _AGG_METRICS), *(float(k in mini_agg) for k in _AGG_METRICS)]
+                )
+                total = summed[0]
+                for i, k in enumerate(_AGG_METRICS):
+                    if summed[1 + len(_AGG_METRICS) + i] > 0:
+                        agg[k].append(summed[1 + i])
                 ok, grad_norm, lr = self._optimizer_step(total)
                 applied += ok
                 skipped += not ok
                 losses.append(total)
                 norms.append(grad_norm)
         self._zero_grad()
+        tokens, *token_sums = self._all_sum([tokens, *(sums[k] for k in _TOKEN_METRICS)])
+        sums = dict(zip(_TOKEN_METRICS, token_sums))
         for k in _TOKEN_METRICS:
             out[k] = sums[k] / tokens if tokens else None
         for k in _AGG_METRICS:
