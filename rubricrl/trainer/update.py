@@ -183,6 +183,8 @@ class ActorUpdater:
     # ---- loss ------------------------------------------------------------------------
 
     def _agg_norm(self, batch: UpdateBatch, rows: list[int]) -> float:
+        """The loss's normaliser for ``rows``: additive over row sets (ranks sum it), except
+        token-sum's, which is 1 whatever the rows (so ranks do not sum it)."""
         if self.loss_cfg.loss_agg == "token-sum":
             return 1.0
         if self.loss_cfg.loss_agg == "token-mean":
@@ -365,7 +367,7 @@ class ActorUpdater:
         for _ in range(o.epochs):
             for mini in _split(list(range(len(batch))), o.updates_per_step):
                 mine = self._my_rows(mini)
-                norm = self._all_sum([self._agg_norm(batch, mine)])[0]
+                norm = 1.0 if self.loss_cfg.loss_agg == "token-sum" else self._all_sum([self._agg_norm(batch, mine)])[0]
                 self._zero_grad()
                 total = 0.0
                 mini_agg: dict[str, float] = {}
