@@ -58,8 +58,8 @@ def test_cpp_reads_the_shared_constants():
     old = torch.tensor([[-(c + 5.0), -(c - 1.0)]], dtype=torch.float64)  # the first log-ratio is clamped
     adv = torch.tensor([-1.0], dtype=torch.float64)
     ref = torch.tensor([[c, 1.0]], dtype=torch.float64)  # k3(20) = e^20 - 21, capped
-    loss, g_lp, _, metrics = rr.grpo_loss(lp, old, adv, torch.ones(1, 2), ref, None, 0.2, 1e9, None,
-                                          "seq-mean-token-sum", 1.0, "k3", 0.0, None, None)
+    loss, g_lp, _, metrics = rr.grpo_loss(lp, old, adv, torch.ones(1, 2), ref, None, None, "vanilla", 0.2, 1e9,
+                                          None, 1.0, 1.05, "seq-mean-token-sum", 1.0, "k3", False, 0.0, None, None)
     r = torch.exp(torch.tensor([c, c - 1.0], dtype=torch.float64))
     d = torch.tensor([c, 1.0], dtype=torch.float64)
     k3 = torch.clamp(torch.exp(d) - d - 1.0, max=constants.K3_MAX)
@@ -121,8 +121,37 @@ def test_opcheck_grpo_loss(dtype, agg, agg_norm):
     if agg_norm is not None:
         agg_norm = torch.tensor(agg_norm, dtype=torch.float64)
     if True:
-        _opcheck(rr.grpo_loss.default, (_g(lp), old, adv, mask, ref, _g(ent), 0.2, 0.28, 3.0, agg, 0.1, "k3", 0.01,
-                                        agg_norm, None))
+        _opcheck(rr.grpo_loss.default, (_g(lp), old, adv, mask, ref, _g(ent), None, "vanilla", 0.2, 0.28, 3.0, 1.0,
+                                        1.05, agg, 0.1, "k3", False, 0.01, agg_norm, None))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("policy_loss", ["gspo", "gspo_token", "cispo", "sapo"])
+def test_opcheck_grpo_loss_family(dtype, policy_loss):
+    """The family's options: per-token weights, on-policy (old_logprobs None) and token-sum."""
+    lp, old, adv, mask, ref, ent = _grpo_inputs(dtype)
+    weights = torch.rand(lp.shape, dtype=dtype) + 0.5
+    for old_ in (old, None):
+        _opcheck(rr.grpo_loss.default, (_g(lp), old_, adv, mask, ref, _g(ent), weights, policy_loss, 0.2, 0.28, None,
+                                        1.0, 1.05, "token-sum", 0.1, "k3", False, 0.01, None, None))
+
+
+@pytest.mark.parametrize("policy_loss", ["cispo", "sapo"])
+def test_opcheck_fused_linear_grpo_loss_family(policy_loss):
+    lp, old, adv, mask, ref, _ = _grpo_inputs(torch.float32)
+    torch.manual_seed(3)
+    hidden, weight = torch.randn(15, 4), torch.randn(29, 4)
+    targets = torch.randint(0, 29, (15,))
+    weights = torch.rand(lp.shape) + 0.5
+    for old_ in (old, None):
+        args = [_g(hidden), _g(weight), None, targets, old_, adv, mask, ref, weights, 0.8, policy_loss, 0.2, 0.28,
+                None, 1.0, 1.05, "token-sum", 0.05, "k3", True, 0.01, None, None, True, True, True, False, 4]
+        # advantages whose loss is > 0: opcheck back-propagates |sum(outputs)|, and the op's eager
+        # backward scales its stored gradients, which are also its d_* outputs, in place, so the
+        # -1 of a negative loss would flip the eager outputs that opcheck then compares
+        if rr.fused_linear_grpo_loss(*args)[0].item() < 0:
+            args[5] = -adv
+        _opcheck(rr.fused_linear_grpo_loss.default, tuple(args))
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -135,9 +164,9 @@ def test_opcheck_fused_linear_grpo_loss(dtype, with_bias):
     targets = torch.randint(0, 29, (15,))
     for agg_norm in (torch.tensor(9.0, dtype=torch.float64),):
         _opcheck(rr.fused_linear_grpo_loss.default,
-                 (_g(hidden), _g(weight), bias, targets, old.float(), adv.float(), mask, ref.float(), 0.8, 0.2,
-                  0.28, None, "seq-mean-token-mean", 0.05, "k2", 0.01, agg_norm, None, True, True, True,
-                  with_bias, 4))
+                 (_g(hidden), _g(weight), bias, targets, old.float(), adv.float(), mask, ref.float(), None, 0.8,
+                  "vanilla", 0.2, 0.28, None, 1.0, 1.05, "seq-mean-token-mean", 0.05, "k2", False, 0.01, agg_norm,
+                  None, True, True, True, with_bias, 4))
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -191,8 +220,8 @@ def test_gradcheck_fp64_ops():
     lp.requires_grad_(True)
     ent.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda x, e: rr.grpo_loss(x, old, adv, mask, ref, e, 0.2, 0.28, 3.0, "token-mean", 0.1, "k3", 0.01, None,
-                                  None)[0], (lp, ent))
+        lambda x, e: rr.grpo_loss(x, old, adv, mask, ref, e, None, "vanilla", 0.2, 0.28, 3.0, 1.0, 1.05,
+                                  "token-mean", 0.1, "k3", False, 0.01, None, None)[0], (lp, ent))
 
 
 def test_fused_grpo_op_gradients_match_autograd_reference():
@@ -202,9 +231,9 @@ def test_fused_grpo_op_gradients_match_autograd_reference():
     hidden = torch.randn(15, 4, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(29, 4, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 29, (15,))
-    loss, *_ = rr.fused_linear_grpo_loss(hidden.float(), weight.float(), None, targets, old, adv, mask, ref, 1.0,
-                                         0.2, 0.28, None, "token-mean", 0.0, "k3", 0.0, None, None, False, True,
-                                         True, False, 0)
+    loss, *_ = rr.fused_linear_grpo_loss(hidden.float(), weight.float(), None, targets, old, adv, mask, ref, None,
+                                         1.0, "vanilla", 0.2, 0.28, None, 1.0, 1.05, "token-mean", 0.0, "k3", False,
+                                         0.0, None, None, False, True, True, False, 0)
     (3.0 * loss).backward()  # an upstream gradient != 1 is applied
     got = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None
