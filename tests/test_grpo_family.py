@@ -205,6 +205,25 @@ def test_on_policy_is_ratio_one_with_gradient():
     assert float(metrics["approx_kl"]) == 0.0 and float(metrics["clipfrac"]) == 0.0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_family_metrics_hand_computed(backend):
+    """One response, A = +1, token ratios 0.5, 1, 1.5, 1.1 (clip range [0.8, 1.28]): PPO clips
+    only 1.5 (A > 0 clips above); CISPO's clip changes 0.5 and 1.5; SAPO clips nothing; GSPO
+    clips on the response ratio (0.5 * 1.5 * 1.1)^(1/4) = 0.953: nothing. On-policy: 0."""
+    ratios = torch.tensor([[0.5, 1.0, 1.5, 1.1]], dtype=torch.float64)
+    lp = torch.zeros_like(ratios)
+    old = -torch.log(ratios)
+    adv, mask = torch.ones(1, dtype=torch.float64), torch.ones_like(ratios)
+    approx_kl = float(old.mean())
+    expected = {"vanilla": 0.25, "cispo": 0.5, "sapo": 0.0, "gspo": 0.0, "gspo_token": 0.0}
+    for pl, clipfrac in expected.items():
+        _, m = grpo_loss(lp, old, adv, mask, policy_loss=pl, backend=backend)
+        assert float(m["clipfrac"]) == pytest.approx(clipfrac), pl
+        assert float(m["approx_kl"]) == pytest.approx(approx_kl, rel=1e-6), pl
+        _, m = grpo_loss(lp, None, adv, mask, policy_loss=pl, backend=backend)
+        assert float(m["clipfrac"]) == 0.0 and float(m["approx_kl"]) == 0.0, pl
+
+
 def test_gspo_equals_gspo_token_with_response_constant_advantages_and_weights():
     """With one advantage per response and no per-token weights the two GSPO forms coincide
     (the reason verl's token form can stand for GSPO); with per-token weights they differ."""

@@ -217,8 +217,9 @@ def test_cpp_op_fake_kernel():
         pytest.skip("no rubricrl._C")
 
     hidden, weight, b, targets, old, adv, mask, ref = make_inputs()
-    args = (hidden.reshape(-1, H), weight, b, targets.reshape(-1).clamp(min=0), old, adv, mask, ref, 1.0, 0.2, 0.28,
-            None, "token-mean", 0.1, "k3", 0.0, None, None, True, True, True, True, 4)
+    args = (hidden.reshape(-1, H), weight, b, targets.reshape(-1).clamp(min=0), old, adv, mask, ref, None, 1.0,
+            "vanilla", 0.2, 0.28, None, 1.0, 1.05, "token-mean", 0.1, "k3", False, 0.0, None, None, True, True, True,
+            True, 4)
     torch.library.opcheck(torch.ops.rubricrl.fused_linear_grpo_loss, args, test_utils=("test_schema", "test_faketensor"))
 
 

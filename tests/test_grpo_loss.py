@@ -33,6 +33,8 @@ def ref_agg(x, mask, mode, agg_norm=None, horizon=None):
     if mode == "token-mean":
         n = agg_norm if agg_norm is not None else mask.sum()
         return x.sum() / n if float(n) > 0 else x.sum() * 0
+    if mode == "token-sum":
+        return x.sum() / (agg_norm if agg_norm is not None else 1.0)
     counts = mask.sum(1)
     nonempty = counts > 0
     s = agg_norm if agg_norm is not None else nonempty.sum()
@@ -297,6 +299,6 @@ def test_cpp_op_fake_kernels():
         pytest.skip("no rubricrl._C")
 
     lp, old, adv, mask, ref, ent = make_batch()
-    args = (lp.float(), old.float(), adv.float(), mask.float(), ref.float(), ent.float(), 0.2, 0.28, 3.0,
-            "seq-mean-token-mean", 0.1, "k3", 0.01, None, None)
+    args = (lp.float(), old.float(), adv.float(), mask.float(), ref.float(), ent.float(), None, "vanilla", 0.2, 0.28,
+            3.0, 1.0, 1.05, "seq-mean-token-mean", 0.1, "k3", False, 0.01, None, None)
     torch.library.opcheck(torch.ops.rubricrl.grpo_loss, args, test_utils=("test_schema", "test_faketensor"))

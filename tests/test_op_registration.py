@@ -129,6 +129,36 @@ def test_opcheck_grpo_loss(dtype, agg, agg_norm, policy, clip_c, on_policy, with
                                     agg_norm, None))
 
 
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("policy_loss", ["gspo", "gspo_token", "cispo", "sapo"])
+def test_opcheck_grpo_loss_family(dtype, policy_loss):
+    """The family's options: per-token weights, on-policy (old_logprobs None) and token-sum."""
+    lp, old, adv, mask, ref, ent = _grpo_inputs(dtype)
+    weights = torch.rand(lp.shape, dtype=dtype) + 0.5
+    for old_ in (old, None):
+        _opcheck(rr.grpo_loss.default, (_g(lp), old_, adv, mask, ref, _g(ent), weights, policy_loss, 0.2, 0.28, None,
+                                        1.0, 1.05, "token-sum", 0.1, "k3", False, 0.01, None, None))
+
+
+@pytest.mark.parametrize("policy_loss", ["cispo", "sapo"])
+def test_opcheck_fused_linear_grpo_loss_family(policy_loss):
+    lp, old, adv, mask, ref, _ = _grpo_inputs(torch.float32)
+    torch.manual_seed(3)
+    hidden, weight = torch.randn(15, 4), torch.randn(29, 4)
+    targets = torch.randint(0, 29, (15,))
+    weights = torch.rand(lp.shape) + 0.5
+    for old_ in (old, None):
+        args = [_g(hidden), _g(weight), None, targets, old_, adv, mask, ref, weights, 0.8, policy_loss, 0.2, 0.28,
+                None, 1.0, 1.05, "token-sum", 0.05, "k3", True, 0.01, None, None, True, True, True, False, 4]
+        # advantages whose loss is > 0: opcheck back-propagates |sum(outputs)|, and the op's eager
+        # backward scales its stored gradients, which are also its d_* outputs, in place, so the
+        # -1 of a negative loss would flip the eager outputs that opcheck then compares
+        if rr.fused_linear_grpo_loss(*args)[0].item() < 0:
+            args[5] = -adv
+        _opcheck(rr.fused_linear_grpo_loss.default, tuple(args))
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_opcheck_fused_linear_grpo_loss(dtype, with_bias):

@@ -24,18 +24,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_logprobs_bwd(
     const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& targets,
     const at::Tensor& lse, const at::Tensor& entropy, double temperature, int64_t chunk_size);
 
+// old_logprobs absent: on-policy; weights: per-token weights of the policy term. The
+// sequence-level policy losses (gspo, gspo_token) are grpo_loss_fwd's only: linear_grpo_fwd
+// raises for them.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grpo_loss_fwd(
-    const at::Tensor& logprobs, const at::Tensor& old_logprobs, const at::Tensor& advantages,
+    const at::Tensor& logprobs, const c10::optional<at::Tensor>& old_logprobs, const at::Tensor& advantages,
     const at::Tensor& mask, const c10::optional<at::Tensor>& ref_logprobs, const c10::optional<at::Tensor>& entropy,
-    double eps_low, double eps_high, c10::optional<double> clip_c, c10::string_view loss_agg, double kl_coef,
-    c10::string_view kl_type, double entropy_coef, c10::optional<double> agg_norm, c10::optional<int64_t> horizon);
+    const c10::optional<at::Tensor>& weights, c10::string_view policy_loss, double eps_low, double eps_high,
+    c10::optional<double> clip_c, double tau_pos, double tau_neg, c10::string_view loss_agg, double kl_coef,
+    c10::string_view kl_type, bool kl_bias_correction, double entropy_coef, c10::optional<double> agg_norm,
+    c10::optional<int64_t> horizon);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_grpo_fwd(
     const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-    const at::Tensor& targets, const at::Tensor& old_logprobs, const at::Tensor& advantages, const at::Tensor& mask,
-    const c10::optional<at::Tensor>& ref_logprobs, double temperature, double eps_low, double eps_high,
-    c10::optional<double> clip_c, c10::string_view loss_agg, double kl_coef, c10::string_view kl_type,
-    double entropy_coef, c10::optional<double> agg_norm, c10::optional<int64_t> horizon, bool with_entropy,
-    bool need_d_hidden, bool need_d_weight, bool need_d_bias, int64_t chunk_size);
+    const at::Tensor& targets, const c10::optional<at::Tensor>& old_logprobs, const at::Tensor& advantages,
+    const at::Tensor& mask, const c10::optional<at::Tensor>& ref_logprobs, const c10::optional<at::Tensor>& weights,
+    double temperature, c10::string_view policy_loss, double eps_low, double eps_high,
+    c10::optional<double> clip_c, double tau_pos, double tau_neg, c10::string_view loss_agg, double kl_coef,
+    c10::string_view kl_type, bool kl_bias_correction, double entropy_coef, c10::optional<double> agg_norm,
+    c10::optional<int64_t> horizon, bool with_entropy, bool need_d_hidden, bool need_d_weight, bool need_d_bias,
+    int64_t chunk_size);
 
 at::Tensor group_advantages(const at::Tensor& scores, const at::Tensor& group_index, bool norm_by_std, double eps);
 

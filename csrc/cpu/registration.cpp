@@ -21,26 +21,30 @@ c10::optional<double> scalar_or_none(const c10::optional<at::Tensor>& t) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grpo_loss(
-    const at::Tensor& logprobs, const at::Tensor& old_logprobs, const at::Tensor& advantages,
+    const at::Tensor& logprobs, const c10::optional<at::Tensor>& old_logprobs, const at::Tensor& advantages,
     const at::Tensor& mask, const c10::optional<at::Tensor>& ref_logprobs, const c10::optional<at::Tensor>& entropy,
-    double eps_low, double eps_high, c10::optional<double> clip_c, c10::string_view loss_agg, double kl_coef,
-    c10::string_view kl_type, double entropy_coef, const c10::optional<at::Tensor>& agg_norm,
+    const c10::optional<at::Tensor>& weights, c10::string_view policy_loss, double eps_low, double eps_high,
+    c10::optional<double> clip_c, double tau_pos, double tau_neg, c10::string_view loss_agg, double kl_coef,
+    c10::string_view kl_type, bool kl_bias_correction, double entropy_coef, const c10::optional<at::Tensor>& agg_norm,
     c10::optional<int64_t> horizon) {
-  return grpo_loss_fwd(logprobs, old_logprobs, advantages, mask, ref_logprobs, entropy, eps_low, eps_high, clip_c,
-                       loss_agg, kl_coef, kl_type, entropy_coef, scalar_or_none(agg_norm), horizon);
+  return grpo_loss_fwd(logprobs, old_logprobs, advantages, mask, ref_logprobs, entropy, weights, policy_loss,
+                       eps_low, eps_high, clip_c, tau_pos, tau_neg, loss_agg, kl_coef, kl_type, kl_bias_correction,
+                       entropy_coef, scalar_or_none(agg_norm), horizon);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_linear_grpo_loss(
     const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-    const at::Tensor& targets, const at::Tensor& old_logprobs, const at::Tensor& advantages, const at::Tensor& mask,
-    const c10::optional<at::Tensor>& ref_logprobs, double temperature, double eps_low, double eps_high,
-    c10::optional<double> clip_c, c10::string_view loss_agg, double kl_coef, c10::string_view kl_type,
-    double entropy_coef, const c10::optional<at::Tensor>& agg_norm, c10::optional<int64_t> horizon,
-    bool with_entropy, bool need_d_hidden, bool need_d_weight, bool need_d_bias, int64_t token_chunk) {
-  return linear_grpo_fwd(hidden, weight, bias, targets, old_logprobs, advantages, mask, ref_logprobs, temperature,
-                         eps_low, eps_high, clip_c, loss_agg, kl_coef, kl_type, entropy_coef,
-                         scalar_or_none(agg_norm), horizon, with_entropy, need_d_hidden, need_d_weight, need_d_bias,
-                         token_chunk);
+    const at::Tensor& targets, const c10::optional<at::Tensor>& old_logprobs, const at::Tensor& advantages,
+    const at::Tensor& mask, const c10::optional<at::Tensor>& ref_logprobs, const c10::optional<at::Tensor>& weights,
+    double temperature, c10::string_view policy_loss, double eps_low, double eps_high,
+    c10::optional<double> clip_c, double tau_pos, double tau_neg, c10::string_view loss_agg, double kl_coef,
+    c10::string_view kl_type, bool kl_bias_correction, double entropy_coef, const c10::optional<at::Tensor>& agg_norm,
+    c10::optional<int64_t> horizon, bool with_entropy, bool need_d_hidden, bool need_d_weight, bool need_d_bias,
+    int64_t token_chunk) {
+  return linear_grpo_fwd(hidden, weight, bias, targets, old_logprobs, advantages, mask, ref_logprobs, weights,
+                         temperature, policy_loss, eps_low, eps_high, clip_c, tau_pos, tau_neg, loss_agg, kl_coef,
+                         kl_type, kl_bias_correction, entropy_coef, scalar_or_none(agg_norm), horizon, with_entropy,
+                         need_d_hidden, need_d_weight, need_d_bias, token_chunk);
 }
 
 }  // namespace
