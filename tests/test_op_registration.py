@@ -129,7 +129,6 @@ def test_opcheck_grpo_loss(dtype, agg, agg_norm, policy, clip_c, on_policy, with
                                     agg_norm, None))
 
 
-
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("policy_loss", ["gspo", "gspo_token", "cispo", "sapo"])
 def test_opcheck_grpo_loss_family(dtype, policy_loss):

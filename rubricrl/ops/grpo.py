@@ -183,10 +183,11 @@ def grpo_loss(
             with one iteration, with no extra pass.
         advantages: ``[B]`` (one per response) or ``[B, T]`` (per token).
         mask: ``[B, T]`` of 0/1 (bool, integer or floating).
-        eps_low, eps_high: clip range ``[1 - eps_low, 1 + eps_high]``; ``0 <= eps_low < 1``, ``eps_high >= 0``.
+        eps_low, eps_high: clip range ``[1 - eps_low, 1 + eps_high]``; ``0 <= eps_low <= 1`` (1: no lower
+            clip), ``eps_high >= 0``.
         clip_c: dual-clip constant (> 1, e.g. 3.0) or None.
         loss_agg: one of ``token-mean``, ``seq-mean-token-mean``, ``seq-mean-token-sum``,
-            ``seq-mean-token-sum-norm``.
+            ``seq-mean-token-sum-norm``, ``token-sum``.
         ref_logprobs: ``[B, T]`` reference-policy log-probs; needed when ``kl_coef > 0``.
         kl_coef, kl_type: KL penalty weight (>= 0) and estimator (``k1``, ``k2``, ``k3``).
         entropy: ``[B, T]`` per-token entropies (differentiable) for the bonus and the metric.
