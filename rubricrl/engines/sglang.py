@@ -528,7 +528,7 @@ class SGLangEngine(Engine):
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         rng = random.Random(seed)
-        seeds = [rng.getrandbits(62) for _ in rows]
+        seeds = [rng.getrandbits(31) for _ in rows]  # 31 bits: fits whatever int type the server seeds with
         own_logprobs = top_p == 1.0
         generated: list[Generated] = []
         for start in range(0, len(rows), self._max_requests):
