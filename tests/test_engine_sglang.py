@@ -39,6 +39,7 @@ from rubricrl.engines.sglang import (
     SGLangClient,
     SGLangEngine,
     SGLangError,
+    SGLangStartError,
     generate_payload,
     parse_generate,
     parse_verdicts,
@@ -460,8 +461,9 @@ def test_a_refused_update_and_flush_are_errors(tmp_path):
 
     model, tok = _tiny()
     with Replay(respond) as replay:
-        with pytest.raises(SGLangError, match="/update_weights_from_disk .*HTTP 400: Failed to get weights iterator"):
+        with pytest.raises(SGLangStartError, match="/update_weights_from_disk .*HTTP 400: Failed to get weights iterator"):
             SGLangEngine(model, tok, url=replay.url, weights_dir=tmp_path)
+        assert issubclass(SGLangStartError, ValueError)  # bad input to the CLIs (exit 2)
         engine = SGLangEngine(model, tok, url=replay.url, weights_dir=tmp_path, sync_on_start=False)
         with pytest.raises(SGLangError, match="/flush_cache .*HTTP 400: Cache flushed"):
             engine.flush_cache()
@@ -531,3 +533,13 @@ def test_grade_cli_engine_sglang(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"--sglang-url {replay.url}: SGLang POST /update_weights_from_disk" in err and "HTTP 500: boom" in err
     assert not Path(out).exists()
+
+
+def test_train_cli_reports_an_unusable_server(tmp_path, capsys):
+    from rubricrl.cli import main
+
+    with Replay(lambda m, p, b: (503, {"error": {"message": "not ready"}})) as replay:
+        code = main(["train", "--out", str(tmp_path / "run"), "--set", "engine.backend=sglang",
+                     "--set", f"engine.sglang_url={replay.url}", "--set", "trainer.steps=1"])
+    assert code == 2
+    assert "SGLang POST /update_weights_from_disk" in capsys.readouterr().err

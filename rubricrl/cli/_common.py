@@ -224,12 +224,15 @@ def build_engine(args: argparse.Namespace):
         return make_engine(
             args.engine, args.model, dtype=torch_dtype(args.dtype), device=device, sglang_url=args.sglang_url
         )
-    except ValueError as err:
-        raise CliError(f"--model: {err}") from None
-    except RuntimeError as err:  # SGLangError: the server did not answer or refused the weights
-        if args.engine != "sglang":
-            raise
-        raise CliError(f"--sglang-url {args.sglang_url}: {err}") from None
+    except (ValueError, RuntimeError) as err:
+        if args.engine == "sglang":
+            from rubricrl.engines.sglang import SGLangError  # the server did not answer or refused the weights
+
+            if isinstance(err, SGLangError):
+                raise CliError(f"--sglang-url {args.sglang_url}: {err}") from None
+        if isinstance(err, ValueError):
+            raise CliError(f"--model: {err}") from None
+        raise
 
 
 def model_label(args: argparse.Namespace) -> str:

@@ -84,6 +84,7 @@ __all__ = [
     "SGLangClient",
     "SGLangEngine",
     "SGLangError",
+    "SGLangStartError",
     "generate_payload",
     "parse_generate",
     "parse_verdicts",
@@ -103,6 +104,12 @@ WEIGHTS_SUBDIR = "rubricrl-policy"
 
 class SGLangError(RuntimeError):
     """A failed call to the SGLang server; the message names the endpoint."""
+
+
+class SGLangStartError(SGLangError, ValueError):
+    """The server did not take the policy's weights when the engine started: a bad
+    ``url`` / ``engine.sglang_url`` (or ``weights_dir``) as much as a server failure, so it is
+    also a ValueError, which the CLIs report as bad input (exit 2)."""
 
 
 # ---------------------------------------------------------------------------- transport
@@ -420,7 +427,11 @@ class SGLangEngine(Engine):
         self._max_requests = max_requests_per_call
         self._closed = False
         if sync_on_start:
-            self._sync(self.policy_version)
+            try:
+                self._sync(self.policy_version)
+            except SGLangError as err:
+                self.close()
+                raise SGLangStartError(str(err)) from None
 
     # ---- identity and weights -----------------------------------------------------------
 
