@@ -501,12 +501,16 @@ class SGLangEngine(Engine):
         self._weights_path.mkdir(parents=True, exist_ok=True)
         if self._colocated:
             self.release_memory(["kv_cache"])
-        self.model.save_pretrained(self._weights_path)
-        body = self._client.post("/update_weights_from_disk", update_weights_payload(str(self._weights_path), version))
-        if not isinstance(body, Mapping) or body.get("success") is not True:
-            raise SGLangError(f"SGLang POST /update_weights_from_disk did not succeed: {body!r}")
-        if self._colocated:
-            self.resume_memory(["kv_cache"])
+        try:
+            self.model.save_pretrained(self._weights_path)
+            body = self._client.post(
+                "/update_weights_from_disk", update_weights_payload(str(self._weights_path), version)
+            )
+            if not isinstance(body, Mapping) or body.get("success") is not True:
+                raise SGLangError(f"SGLang POST /update_weights_from_disk did not succeed: {body!r}")
+        finally:
+            if self._colocated:  # resumed even after a failed update: the server stays usable
+                self.resume_memory(["kv_cache"])
         # Mandatory: cached prefixes hold keys/values computed by the old weights.
         self.flush_cache()
 
