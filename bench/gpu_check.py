@@ -5,7 +5,7 @@
     make gpu-check
 
 Sections, in order, each with a share of the time budget (``--budget-s``, default
-450 s so the whole run stays under 8 minutes on one H200):
+450 s so sections 1-3 stay under 8 minutes on one H200; section 4 has its own budget):
 
 1. ``correct-small``: each public op of ``rubricrl.ops`` with each CUDA backend
    (``triton`` for all, ``cuda`` too for ``group_advantages``), fp32 and bf16, at
