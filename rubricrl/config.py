@@ -61,6 +61,7 @@ __all__ = [
     "config_to_dict",
     "default_config_path",
     "device_problem",
+    "server_url_problem",
     "load_config",
     "parse_override",
     "save_config",
@@ -112,8 +113,9 @@ class ModelConfig:
 class EngineConfig:
     """Where rollout and self-grading run (the trainer always updates its own torch model)."""
 
-    backend: Literal["hf", "vllm"] = "hf"  # hf: transformers; vllm: in-process vLLM (rubricrl[vllm])
+    backend: Literal["hf", "vllm", "sglang"] = "hf"  # hf: transformers; vllm: in-process vLLM (rubricrl[vllm]); sglang: a running SGLang server
     kv_cache_mb: int = 256  # vllm: KV-cache memory of the serving copy, MiB
+    sglang_url: str | None = None  # sglang (required there): the server, http://host:port
 
 
 @dataclass
@@ -551,10 +553,20 @@ def _validate(cfg: TrainConfig) -> None:
     at_least("engine.kv_cache_mb", cfg.engine.kv_cache_mb, 1)
     thread = cfg.pipeline.overlap == "thread" or (cfg.pipeline.overlap == "auto" and cfg.pipeline.eta > 0)
     _check(
-        cfg.engine.backend != "vllm" or not thread,
+        cfg.engine.backend not in ("vllm", "sglang") or not thread,
         "pipeline.overlap",
-        "engine.backend=vllm cannot sample on a producer thread (one serving copy); set pipeline.overlap=inline",
+        f"engine.backend={cfg.engine.backend} cannot sample on a producer thread (one serving copy); "
+        "set pipeline.overlap=inline",
     )
+    if cfg.engine.backend == "sglang":
+        problem = server_url_problem(cfg.engine.sglang_url)
+        _check(problem is None, "engine.sglang_url", f"engine.backend=sglang needs it: it {problem}")
+    else:
+        _check(
+            cfg.engine.sglang_url is None,
+            "engine.sglang_url",
+            f"applies to engine.backend=sglang only (engine.backend is {cfg.engine.backend}); remove it",
+        )
     problem = device_problem(cfg.model.device)
     _check(problem is None, "model.device", problem or "")
     at_least("data.prompts_per_step", cfg.data.prompts_per_step, 1)
@@ -691,6 +703,25 @@ def _validate_distributed(cfg: TrainConfig) -> None:
         "keeps run-wide state (rlpr's std filter and debias cache), run it with distributed.backend=none",
     )
     _check(cfg.pipeline.eta == 0, "pipeline.eta", f"distributed.backend=ray samples on-policy (eta = 0), got {cfg.pipeline.eta}")
+
+
+def server_url_problem(url: object) -> str | None:
+    """None when ``url`` is a usable server base URL (``http(s)://host[:port][/prefix]``), else
+    why not (``engine.sglang_url``, ``--sglang-url``, ``SGLangEngine``)."""
+    import urllib.parse
+
+    if not isinstance(url, str) or not url.strip():
+        return f"must be the URL of a running SGLang server (http://host:port), got {url!r}"
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:30000, got {url!r}"
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return f"has a bad port: {url!r}"
+    if parts.query or parts.fragment:
+        return f"must not have a query or fragment: {url!r}"
+    return None
 
 
 def device_problem(name: str) -> str | None:

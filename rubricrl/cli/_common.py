@@ -31,8 +31,27 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=None, help="torch device: auto, cpu, cuda or cuda:N (default: cpu)")
     group.add_argument("--dtype", choices=MODEL_DTYPES, default="float32", help="model dtype (default: float32)")
     group.add_argument(
-        "--engine", choices=("hf", "vllm"), default="hf", help="engine backend (default: hf; vllm needs rubricrl[vllm])"
+        "--engine",
+        choices=("hf", "vllm", "sglang"),
+        default="hf",
+        help="engine backend (default: hf; vllm needs rubricrl[vllm]; sglang needs --sglang-url)",
     )
+    group.add_argument(
+        "--sglang-url", metavar="URL", default=None, help="--engine sglang: the running SGLang server, http://host:port"
+    )
+
+
+def check_engine_args(args: argparse.Namespace) -> None:
+    """``--engine sglang`` needs a valid ``--sglang-url``, which no other engine takes (before any model loads)."""
+    from rubricrl.config import server_url_problem
+
+    url = getattr(args, "sglang_url", None)
+    if args.engine == "sglang":
+        problem = server_url_problem(url)
+        if problem is not None:
+            raise CliError(f"--sglang-url: --engine sglang needs it: it {problem}")
+    elif url is not None:
+        raise CliError(f"--sglang-url applies to --engine sglang only (--engine is {args.engine})")
 
 
 def add_judge_args(parser: argparse.ArgumentParser) -> None:
@@ -197,13 +216,23 @@ def build_engine(args: argparse.Namespace):
     from rubricrl.engines.factory import make_engine
 
     check_device_arg(args)
+    check_engine_args(args)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return make_engine(args.engine, args.model, dtype=torch_dtype(args.dtype), device=device)
-    except ValueError as err:
-        raise CliError(f"--model: {err}") from None
+        return make_engine(
+            args.engine, args.model, dtype=torch_dtype(args.dtype), device=device, sglang_url=args.sglang_url
+        )
+    except (ValueError, RuntimeError) as err:
+        if args.engine == "sglang":
+            from rubricrl.engines.sglang import SGLangError  # the server did not answer or refused the weights
+
+            if isinstance(err, SGLangError):
+                raise CliError(f"--sglang-url {args.sglang_url}: {err}") from None
+        if isinstance(err, ValueError):
+            raise CliError(f"--model: {err}") from None
+        raise
 
 
 def model_label(args: argparse.Namespace) -> str:

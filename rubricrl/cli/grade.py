@@ -35,6 +35,7 @@ from rubricrl.cli._common import (
     build_judge,
     check_context,
     check_device_arg,
+    check_engine_args,
     check_judge_args,
     check_out_path,
     console,
@@ -161,6 +162,7 @@ def _grade(args: argparse.Namespace) -> int:
     require_rows(lined, args.input, "rows to grade")
     check_out_path(args.out, args.input)  # before the model loads, not after all the grading
     check_device_arg(args)
+    check_engine_args(args)
     judge = build_judge(args)
     engine = build_engine(args)
     check_context(

@@ -154,6 +154,7 @@ class Trainer:
                 device=resolve_device(config.model.device),
                 max_batch_size=config.rollout.max_batch_size,
                 kv_cache_mb=config.engine.kv_cache_mb,
+                sglang_url=config.engine.sglang_url,
             )
         self.engine = engine
         self.guard.attach(engine)  # a frozen copy of the initial weights, before a checkpoint loads
