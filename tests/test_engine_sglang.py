@@ -45,8 +45,8 @@ from rubricrl.engines.sglang import (
     parse_verdicts,
     update_weights_payload,
     verdict_payload,
-    verdicts_from_logprobs,
 )
+from rubricrl.engines.scoring import verdicts_from_logprobs
 from rubricrl.judges import GradeRequest, LogprobJudge
 from rubricrl.models import build_tiny_model, load_builtin_tokenizer
 

@@ -293,3 +293,11 @@ def _right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Ten
 def _pad_id(engine) -> int:
     pad = getattr(engine.tokenizer, "pad_token_id", None)
     return int(pad) if pad is not None else 0
+
+
+def verdicts_from_logprobs(logp: torch.Tensor, n_yes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(p_met, mass)`` fp32 from ``[N, yes + no]`` log-probs ``log_softmax(logits / T)`` of the
+    verdict ids (yes first): ``p_met = sum_yes p / sum_{yes+no} p``, ``mass = sum_{yes+no} p``."""
+    lse_all = torch.logsumexp(logp, dim=1)
+    p_met = torch.exp(torch.logsumexp(logp[:, :n_yes], dim=1) - lse_all)
+    return p_met.float(), torch.exp(lse_all).float()

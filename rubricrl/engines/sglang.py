@@ -78,6 +78,7 @@ from rubricrl.config import server_url_problem
 from rubricrl.engines.base import Engine, Prompt, Sample, VerdictOptions, VerdictRequest, check_sampling_args
 from rubricrl.engines.hf import HFEngine
 from rubricrl.engines.prompts import encode_prompts
+from rubricrl.engines.scoring import verdicts_from_logprobs
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -362,14 +363,6 @@ def parse_verdicts(body: Any, n: int, verdict_ids: Sequence[int], *, version: in
             raise SGLangError(f"SGLang {endpoint}: output {i} has NaN verdict log-probs {row}")
         rows.append(row)
     return torch.tensor(rows, dtype=torch.float64).reshape(n, len(ids))
-
-
-def verdicts_from_logprobs(logp: torch.Tensor, n_yes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(p_met, mass)`` fp32 from ``[N, yes + no]`` log-probs ``log_softmax(logits / T)`` of the
-    verdict ids (yes first): ``p_met = sum_yes p / sum_{yes+no} p``, ``mass = sum_{yes+no} p``."""
-    lse_all = torch.logsumexp(logp, dim=1)
-    p_met = torch.exp(torch.logsumexp(logp[:, :n_yes], dim=1) - lse_all)
-    return p_met.float(), torch.exp(lse_all).float()
 
 
 # ---------------------------------------------------------------------------- the engine

@@ -66,6 +66,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rubricrl.engines.base import Engine, Prompt, Sample, VerdictOptions, VerdictRequest, check_sampling_args
 from rubricrl.engines.hf import HFEngine
 from rubricrl.engines.prompts import encode_prompts
+from rubricrl.engines.scoring import verdicts_from_logprobs
 
 __all__ = ["DEFAULT_KV_CACHE_BYTES", "VLLMEngine", "vllm_available"]
 
@@ -350,9 +351,8 @@ class VLLMEngine(Engine):
         logp = torch.tensor(
             [[out.outputs[0].logprobs[0][t].logprob for t in verdict_ids] for out in outputs], dtype=torch.float64
         )
-        lse_all = torch.logsumexp(logp, dim=1)
-        p_met = torch.exp(torch.logsumexp(logp[:, : len(yes_ids)], dim=1) - lse_all).float()
-        return p_met, (torch.exp(lse_all).float() if return_mass else None)
+        p_met, mass = verdicts_from_logprobs(logp, len(yes_ids))
+        return p_met, (mass if return_mass else None)
 
     # ---- life cycle -------------------------------------------------------------------------
 
