@@ -46,7 +46,7 @@ from rubricrl.engines.cache import select_rows
 from rubricrl.engines.padding import left_pad
 from rubricrl.ops import fused_linear_logprobs, verdict_probs
 
-__all__ = ["DEFAULT_MAX_BATCH_TOKENS", "token_logprobs_from_hidden", "verdict_probs_from_hidden"]
+__all__ = ["DEFAULT_MAX_BATCH_TOKENS", "token_logprobs_from_hidden", "verdict_probs_from_hidden", "verdicts_from_logprobs"]
 
 #: Default bound on one forward pass, in tokens of context (cached + new) summed over its
 #: rows. On the CPU, 8192 measured as fast as 4096 and 16384 on the step benchmark and
