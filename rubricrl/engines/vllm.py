@@ -302,18 +302,22 @@ class VLLMEngine(Engine):
         if not rows:
             return
         ids = self._llm.enqueue([{"prompt_token_ids": r} for r in rows], params, use_tqdm=False)
+        # enqueue returns vLLM's internal ids ("<external>-<8 random chars>", unless vLLM's id
+        # randomisation is off); outputs carry the external ones
         row_of = {str(rid): k for k, rid in enumerate(ids)}
+        row_of.update({str(rid).rsplit("-", 1)[0]: k for k, rid in enumerate(ids)})
+        internal = [str(rid) for rid in ids]
         done: dict[int, Any] = {}
         left = [n] * (len(rows) // n)
         engine = self._llm.llm_engine
-        finished: set[str] = set()
+        finished: set[int] = set()
         try:
             while engine.has_unfinished_requests():
                 for out in engine.step():
                     if not out.finished:
                         continue
-                    finished.add(str(out.request_id))
                     k = row_of[str(out.request_id)]
+                    finished.add(k)
                     done[k] = out.outputs[0]
                     i = k // n
                     left[i] -= 1
@@ -321,9 +325,9 @@ class VLLMEngine(Engine):
                         group = list(range(i * n, (i + 1) * n))
                         yield i, self._samples([rows[j] for j in group], [done.pop(j) for j in group], temperature, top_p, version)
         finally:
-            unfinished = [rid for rid in row_of if rid not in finished]
+            unfinished = [rid for k, rid in enumerate(internal) if k not in finished]
             if unfinished:  # the caller stopped early (or failed): nothing may stay queued in vLLM
-                engine.abort_request(unfinished)
+                engine.abort_request(unfinished, internal=True)
         if any(left):
             raise RuntimeError(f"vLLM stopped with {sum(left)} responses unfinished")
 

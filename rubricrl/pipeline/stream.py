@@ -24,7 +24,8 @@ Staleness (AReaL's admission rule). Versions count trainer updates. The groups o
 thread *waits* until the trainer has published that version, so it runs at most ``eta``
 steps ahead, and switches weights between steps (never inside a request). The update of
 step ``s`` runs at version ``s - 1``, so a sample's staleness ``s - 1 - b(s)`` is at most
-``eta``. At update time :meth:`get` checks the rule on every group's recorded behaviour
+``eta`` (versions count from the engine's version at the first step: an engine that
+starts at ``v0`` samples step ``s`` with ``v0 + b(s)``). At update time :meth:`get` checks the rule on every group's recorded behaviour
 version and *drops* (and counts, ``stale_dropped_groups``) any group that is more than
 ``eta`` versions old; by the schedule that only happens to groups restored from a
 checkpoint written with a larger ``eta``. Nothing is lost: every sampled group is trained,
@@ -259,6 +260,10 @@ class StreamPipeline:
                     share = item.rollout_seconds / max(1, len(item.samples))
                     self._queue.append((item.step, i, group, share, item.prompts))
         self._next_step = next_step
+        # versions count updates: step s updates version offset + s - 1 (offset 0 unless the
+        # engine came with a version of its own)
+        self._offset = max(0, self.engine.policy_version - (next_step - 1))
+        self._torch_threads = torch.get_num_threads()
         for name, target in (("rubricrl-rollout", self._rollout_loop), ("rubricrl-grading", self._grading_loop)):
             thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
             thread.start()
@@ -378,6 +383,9 @@ class StreamPipeline:
     def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
             try:
+                # a new thread starts with OpenMP's default team size: use the caller's
+                # (the stages share the cores; vLLM's CPU attention also insists on it)
+                torch.set_num_threads(self._torch_threads)
                 target()
             except _Stop:
                 pass
@@ -410,8 +418,8 @@ class StreamPipeline:
                 continue
             t0 = time.perf_counter()
             with self._cond:
-                version, weights = self._weights_for(behaviour_version_of(step, self.eta))
-            if version != engine.policy_version:
+                version, weights = self._weights_for(self._offset + behaviour_version_of(step, self.eta))
+            if version != _serving_version(engine):
                 _load(engine, weights, version)
             with self._cond:
                 self.counts["rollout_wait_s"] += time.perf_counter() - t0
@@ -476,7 +484,7 @@ class StreamPipeline:
                     with self._cond:
                         self.events.append((t1, "grading", step, unit[0]))
                         judge_version, weights = self._weights_for(version)
-                    if judge_version != engine.policy_version:
+                    if judge_version != _serving_version(engine):
                         _load(engine, weights, judge_version)
                     sub = RolloutBatch(
                         step, [prompts[k] for k in unit], [collected[step][k][0] for k in unit], version, 0.0
@@ -513,6 +521,11 @@ class StreamPipeline:
             self._ready[step] = GradedBatch(batch, reward, grading_s, 0, versions)
             self._collected_groups -= len(samples)
             self._cond.notify_all()
+
+
+def _serving_version(engine: Engine) -> int:
+    """The version a thread's engine samples with (a lagging vLLM serving copy: its own)."""
+    return engine.served_version if hasattr(engine, "serve_weights") else engine.policy_version  # type: ignore[attr-defined]
 
 
 def _load(engine: Engine, weights: Mapping[str, torch.Tensor], version: int) -> None:
