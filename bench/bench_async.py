@@ -195,7 +195,7 @@ def simulate(
       verl colocated modes): the decode batch drains to the longest response.
     * ``async``: disaggregated: ``rollout_gpus`` sample and self-grade, the rest train;
       the rollout runs up to ``eta`` steps ahead (AReaL-style), groups join the decode
-      batch as soon as admitted.
+      batch as soon as admitted (weight transfer to the rollout GPUs not charged).
     * ``colocated``: rubricrl's streaming pipeline: every GPU samples, grades and trains;
       groups of up to ``eta + 1`` steps are in flight, a finished group is graded at once
       (grading and the update take the GPU between decode iterations), the update of step
@@ -215,27 +215,15 @@ def simulate(
         return {"mode": mode, "steps_per_s": steps / t, "seconds": t}
     if mode == "async":
         r = rollout_gpus or gpus // 2
-        train = gpus - r
-        # the rollout pool decodes and grades; step s may start when update s - 1 - eta is done
-        update_done = [0.0] * (steps + 1)
-        pool_free = 0.0
-        ready_pending = []
-        for s in range(steps):
-            start = max(pool_free, update_done[max(0, s - eta)] if s - eta > 0 else 0.0)
-            groups = lengths[s * prompts : (s + 1) * prompts]
-            dec, _ = _decode_pool(groups, [start] * len(groups), r, c0, c1, overlap_prev=True)
-            graded = dec + sum(grade_cost[s * prompts : (s + 1) * prompts]) / r
-            pool_free = graded
-            ready_pending.append(graded)
-            prev = update_done[s]
-            update_done[s + 1] = max(prev, graded) + update_per_token * update_cost_tokens[s] / train
-        return {"mode": mode, "steps_per_s": steps / update_done[steps], "seconds": update_done[steps], "rollout_gpus": r}
+        out = _stream_sim(lengths, grade_cost, update_cost_tokens, prompts, steps, r, gpus - r, eta, c0, c1, update_per_token)
+        return {"mode": mode, **out, "rollout_gpus": r}
     if mode == "colocated":
-        return _colocated(lengths, grade_cost, update_cost_tokens, prompts, steps, gpus, eta, c0, c1, update_per_token)
+        out = _stream_sim(lengths, grade_cost, update_cost_tokens, prompts, steps, gpus, None, eta, c0, c1, update_per_token)
+        return {"mode": mode, **out}
     raise ValueError(mode)
 
 
-def _decode_pool(groups, arrivals, gpus, c0, c1, overlap_prev=False):
+def _decode_pool(groups, arrivals, gpus, c0, c1):
     """Continuous batching of ``groups`` (lists of lengths) on ``gpus`` identical GPUs, each
     group on the least-loaded GPU; returns (time the last group finishes, per-group finish times)."""
     per_gpu = [[] for _ in range(gpus)]
@@ -262,67 +250,72 @@ def _decode_pool(groups, arrivals, gpus, c0, c1, overlap_prev=False):
     return end, finish
 
 
-def _colocated(lengths, grade_cost, update_tokens, prompts, steps, gpus, eta, c0, c1, update_per_token):
-    """Event simulation of the streaming pipeline on shared GPUs: each GPU runs decode
-    iterations over its in-flight groups; between iterations it runs queued grading jobs
-    (one group each) and, when a step is fully graded and its turn has come, its share of
-    that step's update (all GPUs, data-parallel). Step s's groups are admitted once update
-    s - 1 - eta is done (the admission rule)."""
-    groups_of = {s: list(range(s * prompts, (s + 1) * prompts)) for s in range(steps)}
-    home = {k: k % gpus for k in range(prompts * steps)}
-    remaining = {}  # group -> tokens left
-    graded_count = [0] * steps
-    updated = 0  # steps updated
-    t = [0.0] * gpus
-    grade_queue = [[] for _ in range(gpus)]
-    admitted = 0  # steps admitted
-    update_done_at = [0.0] * steps
+def _stream_sim(lengths, grade_cost, update_tokens, prompts, steps, decode_gpus, train_gpus, eta, c0, c1, update_per_token):
+    """Event simulation of a streaming pipeline. ``decode_gpus`` GPUs run decode iterations
+    (chunks of <= 64 tokens) over their admitted groups and, between iterations, grade
+    finished groups (one group per job). The update of step s starts once its groups are
+    graded: colocated (``train_gpus=None``) on the same GPUs, all at once after each has
+    finished what it was doing; disaggregated on ``train_gpus`` separate GPUs (weight
+    transfer not charged: optimistic for that design). Step s's groups are admitted when
+    update s - 1 - eta is done (the admission rule)."""
+    colocated = train_gpus is None
+    home = {k: k % decode_gpus for k in range(prompts * steps)}
+    remaining, arrival = {}, {}
+    graded_count, graded_at = [0] * steps, [0.0] * steps
+    t = [0.0] * decode_gpus
+    queue = [[] for _ in range(decode_gpus)]
+    done_at = [0.0] * steps
+    state = {"admitted": 0, "updated": 0, "train_free": 0.0}
 
-    def admit():
-        nonlocal admitted
-        while admitted < steps and (admitted - 1 - eta < 0 or admitted - 1 - eta < updated):
-            for k in groups_of[admitted]:
-                remaining[k] = max(lengths[k])
-            admitted += 1
+    def admit(now):
+        while state["admitted"] < steps and state["admitted"] - 1 - eta < state["updated"]:
+            s_ = state["admitted"]
+            for k in range(s_ * prompts, (s_ + 1) * prompts):
+                remaining[k], arrival[k] = max(lengths[k]), now
+            state["admitted"] += 1
 
-    admit()
-    guard = 0
-    while updated < steps:
-        guard += 1
-        if guard > 10_000_000:
-            raise RuntimeError("simulation did not converge")
-        # the step due for an update: all graded -> every GPU pays its share at the same time
-        if graded_count[updated] == prompts:
-            start = max(t)
-            end = start + update_per_token * update_tokens[updated] / gpus
-            t = [end] * gpus
-            update_done_at[updated] = end
-            updated += 1
-            admit()
+    admit(0.0)
+    while state["updated"] < steps:
+        u = state["updated"]
+        if graded_count[u] == prompts:
+            cost = update_per_token * update_tokens[u]
+            if colocated:
+                end = max(max(t), graded_at[u]) + cost / decode_gpus
+                t = [end] * decode_gpus
+            else:
+                end = max(state["train_free"], graded_at[u]) + cost / train_gpus
+                state["train_free"] = end
+            done_at[u] = end
+            state["updated"] += 1
+            admit(end)
             continue
         progressed = False
-        for i in range(gpus):
-            if grade_queue[i]:
-                k = grade_queue[i].pop(0)
+        for i in range(decode_gpus):
+            if queue[i]:
+                k = queue[i].pop(0)
                 t[i] += grade_cost[k]
                 graded_count[k // prompts] += 1
+                graded_at[k // prompts] = max(graded_at[k // prompts], t[i])
                 progressed = True
                 continue
             mine = [k for k in remaining if home[k] == i]
             if not mine:
                 continue
-            b = sum(len(lengths[k]) for k in mine)
-            step = min(min(remaining[k] for k in mine), 64)
-            t[i] += step * (c0 + c1 * b)
-            for k in mine:
-                remaining[k] -= step
+            t[i] = max(t[i], min(arrival[k] for k in mine))
+            live = [k for k in mine if arrival[k] <= t[i]]
+            b = sum(len(lengths[k]) for k in live)
+            chunk = min(min(remaining[k] for k in live), 64)
+            t[i] += chunk * (c0 + c1 * b)
+            for k in live:
+                remaining[k] -= chunk
                 if remaining[k] <= 0:
                     del remaining[k]
-                    grade_queue[i].append(k)
+                    queue[i].append(k)
             progressed = True
-        if not progressed:  # every GPU idle: waiting for the update that admits the next step
-            raise RuntimeError("deadlock in the colocated simulation")
-    return {"mode": "colocated", "steps_per_s": steps / update_done_at[-1], "seconds": update_done_at[-1]}
+        if not progressed:
+            raise RuntimeError("the simulation stalled (no work, no update due)")
+    busy_end = done_at[-1]
+    return {"steps_per_s": steps / busy_end, "seconds": busy_end}
 
 
 def projection(rows: list[dict], costs: dict, quick: bool) -> dict:
@@ -372,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
     p.add_argument("--etas", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--prompts", type=int, default=6, help="prompts per step (the builtin set has 6 with >= 11 items)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--stream-groups", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)

@@ -95,7 +95,8 @@ class Trainer:
         judge: replaces the judge of ``config.reward.judge`` (e.g. a custom judge).
         reward_source: replaces the reward source of ``config.reward.source``.
         console: a ``rich.console.Console`` for the progress bar and logs (default: stderr).
-        snapshot_factory: how the producer thread copies the engine (``pipeline.overlap``).
+        snapshot_factory: how the producer (batch mode, ``pipeline.overlap``) or rollout
+            (stream mode) thread copies the engine.
         overwrite: start over in a ``trainer.out_dir`` that holds a previous run (its files
             are deleted first); without it such a directory is refused.
         run_dir: an already claimed :class:`~rubricrl.trainer.rundir.RunDir` for
@@ -203,6 +204,7 @@ class Trainer:
                 last_step=last,
                 groups_per_call=p.stream_groups,
                 on_sampled=lambda step: faults.fault_point("rollout"),
+                rollout_engine=self._snapshot_factory(self.engine) if self._snapshot_factory is not None else None,
             )
             self._pipeline.start(self.step_count + 1, self._pending)
         else:
