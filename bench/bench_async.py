@@ -31,6 +31,15 @@ items, 2k-token prompts, responses up to 6k tokens, 8 GPUs) for sync, async
 (disaggregated, like AReaL / verl fully-async) and async-colocated (rubricrl); see
 ``simulate``.
 
+Threads. ``--threads`` is the torch thread count of every stage (default 2, the cores of
+the reference machine). On an oversubscribed machine use ``--threads 1``: with 2 OpenMP
+threads every op waits for both threads to be scheduled (measured on a 2-core machine at
+load average ~20: a tiny-model forward took 3.7 s with 2 threads vs 0.22 s with 1), which
+slows the single-threaded synchronous trainer far more than the streaming one. Note also
+that on a shared machine the streaming variants, with three runnable threads, get a
+larger share of the contended cores than the synchronous one: ratios from a loaded
+machine overstate the gain; the load average is recorded per row.
+
 Writes ``bench/results/async.json``, ``async.md`` and ``async.png`` (``--quick`` writes
 ``async_quick.*``, no plot, all variants in one process). The machine may be shared: the load average (before/after)
 and the thread count are recorded with every figure.
