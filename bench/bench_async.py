@@ -261,25 +261,29 @@ def _decode_pool(groups, arrivals, gpus, c0, c1):
 
 def _stream_sim(lengths, grade_cost, update_tokens, prompts, steps, decode_gpus, train_gpus, eta, c0, c1, update_per_token):
     """Event simulation of a streaming pipeline. ``decode_gpus`` GPUs run decode iterations
-    (chunks of <= 64 tokens) over their admitted groups and, between iterations, grade
-    finished groups (one group per job). The update of step s starts once its groups are
-    graded: colocated (``train_gpus=None``) on the same GPUs, all at once after each has
-    finished what it was doing; disaggregated on ``train_gpus`` separate GPUs (weight
-    transfer not charged: optimistic for that design). Step s's groups are admitted when
-    update s - 1 - eta is done (the admission rule)."""
+    (chunks of <= 64 tokens) over their admitted groups (a group goes to the GPU with the
+    fewest tokens left, as ``sync`` balances its batch) and, between iterations, grade
+    finished groups from one shared queue (any GPU holds the weights; one group per job).
+    The update of step s starts once its groups are graded: colocated (``train_gpus=None``)
+    on the same GPUs, all at once after each has finished what it was doing; disaggregated
+    on ``train_gpus`` separate GPUs (weight transfer not charged: optimistic for that
+    design). Step s's groups are admitted when update s - 1 - eta is done (the admission
+    rule)."""
     colocated = train_gpus is None
-    home = {k: k % decode_gpus for k in range(prompts * steps)}
+    home: dict[int, int] = {}
     remaining, arrival = {}, {}
     graded_count, graded_at = [0] * steps, [0.0] * steps
     t = [0.0] * decode_gpus
-    queue = [[] for _ in range(decode_gpus)]
+    queue: list[tuple[float, int]] = []  # (ready time, group)
     done_at = [0.0] * steps
     state = {"admitted": 0, "updated": 0, "train_free": 0.0}
 
     def admit(now):
         while state["admitted"] < steps and state["admitted"] - 1 - eta < state["updated"]:
             s_ = state["admitted"]
-            for k in range(s_ * prompts, (s_ + 1) * prompts):
+            for k in sorted(range(s_ * prompts, (s_ + 1) * prompts), key=lambda k: -lengths[k][0]):
+                load = [sum(remaining[j] * len(lengths[j]) for j in remaining if home[j] == i) for i in range(decode_gpus)]
+                home[k] = min(range(decode_gpus), key=lambda i: load[i])
                 remaining[k], arrival[k] = max(lengths[k]), now
             state["admitted"] += 1
 
@@ -298,20 +302,22 @@ def _stream_sim(lengths, grade_cost, update_tokens, prompts, steps, decode_gpus,
             state["updated"] += 1
             admit(end)
             continue
-        progressed = False
-        for i in range(decode_gpus):
-            if queue[i]:
-                k = queue[i].pop(0)
-                t[i] += grade_cost[k]
-                graded_count[k // prompts] += 1
-                graded_at[k // prompts] = max(graded_at[k // prompts], t[i])
-                progressed = True
-                continue
-            mine = [k for k in remaining if home[k] == i]
-            if not mine:
-                continue
-            t[i] = max(t[i], min(arrival[k] for k in mine))
-            live = [k for k in mine if arrival[k] <= t[i]]
+        # of the GPUs with something to do, the one furthest behind acts next (time order)
+        busy = [j for j in range(decode_gpus) if queue or any(home[k] == j for k in remaining)]
+        if not busy:
+            raise RuntimeError("the simulation stalled (no work, no update due)")
+        i = min(busy, key=lambda j: t[j])
+        mine = [k for k in remaining if home[k] == i]
+        live = [k for k in mine if arrival[k] <= t[i]]
+        ready = [q for q in queue if q[0] <= t[i]]
+        if ready:
+            job = min(ready)
+            queue.remove(job)
+            k = job[1]
+            t[i] += grade_cost[k]
+            graded_count[k // prompts] += 1
+            graded_at[k // prompts] = max(graded_at[k // prompts], t[i])
+        elif live:
             b = sum(len(lengths[k]) for k in live)
             chunk = min(min(remaining[k] for k in live), 64)
             t[i] += chunk * (c0 + c1 * b)
@@ -319,10 +325,9 @@ def _stream_sim(lengths, grade_cost, update_tokens, prompts, steps, decode_gpus,
                 remaining[k] -= chunk
                 if remaining[k] <= 0:
                     del remaining[k]
-                    queue[i].append(k)
-            progressed = True
-        if not progressed:
-            raise RuntimeError("the simulation stalled (no work, no update due)")
+                    queue.append((t[i], k))
+        else:  # idle until its next group arrives or a grading job is ready
+            t[i] = min([arrival[k] for k in mine] + [q[0] for q in queue])
     busy_end = done_at[-1]
     return {"steps_per_s": steps / busy_end, "seconds": busy_end}
 
@@ -379,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream-groups", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--vllm-python", default=DEFAULT_VLLM_PYTHON)
+    p.add_argument("--resimulate", action="store_true", help="recompute the simulation of an existing results file (--out)")
     p.add_argument("--variant", help=argparse.SUPPRESS)  # ENGINE:ETA or costs, in a child process
     args = p.parse_args(argv)
     if args.quick:
@@ -393,6 +399,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row))
         return 0
 
+    if args.resimulate:
+        path = args.out / "async.json"
+        result = json.loads(path.read_text())
+        result["simulation"] = projection(result["rows"], result["decode_costs"], False)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / "async.md").write_text(markdown(result))
+        plot(result, args.out / "async.png")
+        print(markdown(result))
+        return 0
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
     passthrough = ["--threads", str(args.threads), "--steps", str(args.steps), "--prompts", str(args.prompts),
                    "--max-new-tokens", str(args.max_new_tokens), "--stream-groups", str(args.stream_groups)]  # fmt: skip
