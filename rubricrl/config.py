@@ -254,8 +254,14 @@ class PipelineConfig:
     """Asynchrony between rollout and grading/update (docs/algorithms.md §7)."""
 
     eta: int = 0  # staleness bound: the batch of step s is sampled with the weights of version max(0, s - 1 - eta)
-    # thread: sample ahead on a producer thread with a weight snapshot; inline: same schedule,
-    # no overlap; auto: thread when eta > 0
+    # stream: rollout, grading and update on three threads, each group graded as soon as it is
+    # sampled (rubricrl/pipeline/stream.py); batch: whole batches sampled ahead (overlap below);
+    # auto: stream when eta >= 1, batch (the synchronous trainer) at eta = 0
+    mode: Literal["auto", "batch", "stream"] = "auto"
+    # stream: groups per generate call on engines without continuous batching (HF)
+    stream_groups: int = 1
+    # batch mode: thread: sample ahead on a producer thread with a weight snapshot; inline:
+    # same schedule, no overlap; auto: thread when eta > 0
     overlap: Literal["auto", "thread", "inline"] = "auto"
 
 
@@ -542,6 +548,11 @@ def _check(cond: bool, path: str, problem: str) -> None:
         raise ConfigError(path, problem)
 
 
+def pipeline_streams(cfg: TrainConfig) -> bool:
+    """Whether ``cfg`` runs the streaming pipeline (``pipeline.mode``, auto: ``eta >= 1``)."""
+    return cfg.pipeline.mode == "stream" or (cfg.pipeline.mode == "auto" and cfg.pipeline.eta >= 1)
+
+
 def _validate(cfg: TrainConfig) -> None:
     def at_least(path: str, value: float, low: float) -> None:
         _check(value >= low, path, f"must be >= {low}, got {value}")
@@ -553,7 +564,7 @@ def _validate(cfg: TrainConfig) -> None:
     at_least("engine.kv_cache_mb", cfg.engine.kv_cache_mb, 1)
     thread = cfg.pipeline.overlap == "thread" or (cfg.pipeline.overlap == "auto" and cfg.pipeline.eta > 0)
     _check(
-        cfg.engine.backend not in ("vllm", "sglang") or not thread,
+        cfg.engine.backend not in ("vllm", "sglang") or not thread or pipeline_streams(cfg),
         "pipeline.overlap",
         f"engine.backend={cfg.engine.backend} cannot sample on a producer thread (one serving copy); "
         "set pipeline.overlap=inline",
@@ -650,6 +661,7 @@ def _validate(cfg: TrainConfig) -> None:
     at_least("trainer.max_nonfinite_steps", tr.max_nonfinite_steps, 1)
     _check(bool(tr.out_dir), "trainer.out_dir", "must be a directory path")
     at_least("pipeline.eta", cfg.pipeline.eta, 0)
+    at_least("pipeline.stream_groups", cfg.pipeline.stream_groups, 1)
     _validate_guard(cfg)
     _validate_distributed(cfg)
 

@@ -110,7 +110,10 @@ def test_eta0_pipeline_thread_equals_synchronous(tmp_path):
 
 
 def test_staleness_is_bounded_by_eta(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path, trainer={"steps": 4}, pipeline={"eta": 2, "overlap": "thread"}), judge=StubJudge())
+    # the batch pipeline (whole batches ahead, graded on the trainer thread with the current
+    # weights); the streaming one (the default at eta >= 1) is tests/test_pipeline_stream.py
+    cfg = tiny_config(tmp_path, trainer={"steps": 4}, pipeline={"eta": 2, "mode": "batch", "overlap": "thread"})
+    trainer = Trainer(cfg, judge=StubJudge())
     records = trainer.train()
     assert [r["sample_version"] for r in records] == [0, 0, 0, 1]
     assert [r["staleness"] for r in records] == [0, 1, 2, 2]

@@ -3,7 +3,8 @@
 An ``Engine`` owns a causal LM and its tokenizer. Self-grading and rollout use operations
 only, so any engine (``HFEngine``, ``VLLMEngine``) can sample and grade:
 
-- ``generate``: sampling with behaviour log-probs (``Sample``);
+- ``generate``: sampling with behaviour log-probs (``Sample``); ``generate_stream``: the
+  same, handing over each prompt's group of responses as soon as it is finished;
 - ``token_logprobs``: ``log_softmax(logits / T)`` of given response tokens (teacher-forced);
 - ``verdict_probs``: p(met) (and the verdict mass) of the token that follows each
   ``VerdictRequest`` (prefix + body + suffix), requests sharing prefixes; how the shared
@@ -24,12 +25,25 @@ import abc
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["ChatMessages", "Engine", "Prompt", "Sample", "VerdictOptions", "VerdictRequest", "check_sampling_args"]
+__all__ = [
+    "ChatMessages",
+    "Engine",
+    "Prompt",
+    "Sample",
+    "VerdictOptions",
+    "VerdictRequest",
+    "check_sampling_args",
+    "chunk_seed",
+    "per_prompt_caps",
+]
+
+#: ``max_new_tokens`` of ``Engine.generate``: one cap for every prompt, or one per prompt.
+MaxNewTokens = int | Sequence[int]
 
 ChatMessages = Sequence[Mapping[str, Any]]
 # A prompt is either chat messages ([{"role": ..., "content": ...}, ...]), rendered with the
@@ -179,12 +193,53 @@ class Engine(abc.ABC):
         prompts: Sequence[Prompt],
         n: int,
         *,
-        max_new_tokens: int,
+        max_new_tokens: MaxNewTokens,
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> list[list[Sample]]:
-        """Sample ``n`` responses for every prompt; ``result[i][j]`` is sample ``j`` of prompt ``i``."""
+        """Sample ``n`` responses for every prompt; ``result[i][j]`` is sample ``j`` of prompt ``i``.
+
+        ``max_new_tokens`` is one cap for all prompts or a sequence of one cap per prompt
+        (a response is cut at its prompt's cap exactly as if the cap were its own)."""
+
+    def generate_stream(
+        self,
+        prompts: Sequence[Prompt],
+        n: int,
+        *,
+        max_new_tokens: MaxNewTokens,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        groups_per_call: int = 1,
+    ) -> Iterator[tuple[int, list[Sample]]]:
+        """Sample ``n`` responses for every prompt and yield ``(prompt index, its n samples)``
+        as each group is finished, in finishing order.
+
+        This default (an engine without continuous batching, e.g. ``HFEngine``) calls
+        ``generate`` on consecutive chunks of ``groups_per_call`` prompts, chunk ``c`` with
+        ``seed=chunk_seed(seed, c)`` and the chunk's caps, so a chunk stops at its own
+        longest response instead of the whole batch's, and the result is a pure function of
+        ``(prompts, n, caps, seed, groups_per_call)``. The samples carry the policy version
+        of the weights at the start of their chunk.
+        """
+        check_sampling_args(n, 1, temperature, top_p, seed)
+        if not isinstance(groups_per_call, int) or isinstance(groups_per_call, bool) or groups_per_call < 1:
+            raise ValueError(f"groups_per_call must be an int >= 1, got {groups_per_call!r}")
+        caps = per_prompt_caps(max_new_tokens, len(prompts))
+        for c, start in enumerate(range(0, len(prompts), groups_per_call)):
+            end = min(start + groups_per_call, len(prompts))
+            groups = self.generate(
+                list(prompts[start:end]),
+                n,
+                max_new_tokens=caps[start:end],
+                temperature=temperature,
+                top_p=top_p,
+                seed=None if seed is None else chunk_seed(seed, c),
+            )
+            for i, group in enumerate(groups):
+                yield start + i, group
 
     # ---- forward passes for trainers and judges ---------------------------------------
 
@@ -272,8 +327,27 @@ def _check_version(version: object, name: str) -> None:
         raise ValueError(f"{name} must be a non-negative int, got {version!r}")
 
 
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The sampling seed of chunk ``chunk`` of a ``generate_stream`` call seeded ``seed``."""
+    return (seed * 1_000_003 + 7919 * (chunk + 1)) % (2**31 - 1)
+
+
+def per_prompt_caps(max_new_tokens: object, num_prompts: int) -> list[int]:
+    """``max_new_tokens`` of ``generate`` as one cap per prompt; ValueError naming a bad one."""
+    if isinstance(max_new_tokens, Sequence) and not isinstance(max_new_tokens, (str, bytes)):
+        caps = list(max_new_tokens)
+        if len(caps) != num_prompts:
+            raise ValueError(f"max_new_tokens: {len(caps)} caps for {num_prompts} prompts")
+        for i, cap in enumerate(caps):
+            _check_int(cap, f"max_new_tokens[{i}]", minimum=1)
+        return caps
+    _check_int(max_new_tokens, "max_new_tokens", minimum=1)
+    return [max_new_tokens] * num_prompts  # type: ignore[list-item]
+
+
 def check_sampling_args(n: object, max_new_tokens: object, temperature: object, top_p: object, seed: object) -> None:
-    """Raise ValueError naming the first bad argument of ``Engine.generate``."""
+    """Raise ValueError naming the first bad argument of ``Engine.generate`` (``max_new_tokens``
+    an int here; per-prompt caps are checked by :func:`per_prompt_caps`)."""
     _check_int(n, "n", minimum=1)
     _check_int(max_new_tokens, "max_new_tokens", minimum=1)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (

@@ -27,7 +27,15 @@ from dataclasses import dataclass
 import torch
 from transformers import Cache, DynamicCache, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from rubricrl.engines.base import Engine, Prompt, Sample, VerdictOptions, VerdictRequest, check_sampling_args
+from rubricrl.engines.base import (
+    Engine,
+    Prompt,
+    Sample,
+    VerdictOptions,
+    VerdictRequest,
+    check_sampling_args,
+    per_prompt_caps,
+)
 from rubricrl.engines.cache import cache_batch_size
 from rubricrl.engines.padding import left_pad, position_ids_from_mask
 from rubricrl.engines.prompts import encode_prompts
@@ -146,7 +154,7 @@ class HFEngine(Engine):
         prompts: Sequence[Prompt],
         n: int,
         *,
-        max_new_tokens: int,
+        max_new_tokens: int | Sequence[int],
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
@@ -157,7 +165,10 @@ class HFEngine(Engine):
             prompts: chat message lists (rendered with the chat template and the generation
                 prompt) and/or raw strings.
             n: samples per prompt (>= 1).
-            max_new_tokens: most tokens per response (>= 1), the stop token included.
+            max_new_tokens: most tokens per response (>= 1), the stop token included; or one
+                cap per prompt. ``transformers``' generate runs every row of a batch until
+                the batch's longest is done, so a row is cut at its cap afterwards: the same
+                tokens and cost as a stop token at that position.
             temperature: sampling temperature (> 0); also the temperature of the log-probs.
             top_p: nucleus mass in (0, 1]; 1 disables it. Top-k is always off.
             seed: None samples from the global torch RNG; an int makes the call deterministic
@@ -167,7 +178,8 @@ class HFEngine(Engine):
         Returns:
             ``len(prompts)`` lists of ``n`` ``Sample`` each, tagged with the current policy version.
         """
-        check_sampling_args(n, max_new_tokens, temperature, top_p, seed)
+        check_sampling_args(n, 1, temperature, top_p, seed)
+        caps = per_prompt_caps(max_new_tokens, len(prompts))
         prompt_ids = encode_prompts(self._tokenizer, prompts)
         if not prompt_ids:
             return []
@@ -177,24 +189,28 @@ class HFEngine(Engine):
             temperature=float(temperature),
             top_p=float(top_p),
             top_k=0,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max(caps),
             pad_token_id=self._tokenizer.pad_token_id,
             eos_token_id=list(self._stop_ids),
         )
         # Row i * n + j is sample j of prompt i.
         rows = [ids for ids in prompt_ids for _ in range(n)]
+        row_caps = [cap for cap in caps for _ in range(n)]
         batch = self._max_batch_size or len(rows)
         version = self.policy_version
         flat: list[Sample] = []
         with torch.no_grad(), _seeded(seed, self.device), _plain_generation_defaults(self._model, config):
             for start in range(0, len(rows), batch):
-                flat.extend(self._generate_batch(rows[start : start + batch], config, float(temperature), version))
+                end = start + batch
+                config.max_new_tokens = max(row_caps[start:end])
+                flat.extend(self._generate_batch(rows[start:end], row_caps[start:end], config, float(temperature), version))
         return [flat[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
 
     def _generate_batch(
-        self, rows: list[list[int]], config: GenerationConfig, temperature: float, version: int
+        self, rows: list[list[int]], caps: list[int], config: GenerationConfig, temperature: float, version: int
     ) -> list[Sample]:
-        """Sample one response per row of prompt ids, then score the responses teacher-forced."""
+        """Sample one response per row of prompt ids (row ``r`` cut at ``caps[r]`` tokens), then
+        score the responses teacher-forced."""
         device = self.device
         input_ids, prompt_mask = left_pad(rows, self._tokenizer.pad_token_id)
         input_ids, prompt_mask = input_ids.to(device), prompt_mask.to(device)
@@ -205,7 +221,8 @@ class HFEngine(Engine):
         stop = set(self._stop_ids)
         responses: list[list[int]] = []
         finished: list[bool] = []
-        for row in sequences[:, prompt_len:].tolist():
+        for row, cap in zip(sequences[:, prompt_len:].tolist(), caps):
+            row = row[:cap]
             end = next((k for k, tok in enumerate(row) if tok in stop), None)
             responses.append(row if end is None else row[: end + 1])
             finished.append(end is not None)

@@ -15,6 +15,15 @@ Two copies of the policy:
   verdicts) and its weight version set to the policy version; every sample and every
   judgment carries the policy version, and each call checks that vLLM serves that version.
 
+Streaming: ``generate_stream`` submits every request at once and steps vLLM's engine
+itself (``LLM.enqueue``, then ``llm_engine.step()``, what ``LLM.generate`` does inside),
+yielding each prompt's group as soon as its last response finishes (continuous batching:
+finished requests leave the batch, waiting ones join). For a pipeline whose rollout runs on
+its own thread, ``sync_on_update = False`` stops ``bump_version`` from pushing weights
+(the trainer thread must not touch vLLM while the rollout thread steps it); the rollout
+thread then pushes a published copy with ``serve_weights`` between requests, and samples
+carry the served version.
+
 Sampling is ``softmax(logits / T)`` cut to the ``top_p`` nucleus, top-k off, the checkpoint's
 generation defaults ignored (``generation_config="vllm"``), stopping at the same stop tokens
 as ``HFEngine`` (kept at the end of the response). Behaviour log-probs are
@@ -63,7 +72,15 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rubricrl.engines.base import Engine, Prompt, Sample, VerdictOptions, VerdictRequest, check_sampling_args
+from rubricrl.engines.base import (
+    Engine,
+    Prompt,
+    Sample,
+    VerdictOptions,
+    VerdictRequest,
+    check_sampling_args,
+    per_prompt_caps,
+)
 from rubricrl.engines.hf import HFEngine
 from rubricrl.engines.prompts import encode_prompts
 from rubricrl.engines.scoring import verdicts_from_logprobs
@@ -164,6 +181,8 @@ class VLLMEngine(Engine):
         self._stop_ids = self._trainer.stop_token_ids
         self._closed = False
         self._llm.update_weight_version(str(self.policy_version))
+        #: push the weights to vLLM on every ``bump_version`` (False: ``serve_weights`` does)
+        self.sync_on_update = True
 
     # ---- identity and weights -----------------------------------------------------------
 
@@ -197,8 +216,16 @@ class VLLMEngine(Engine):
     def bump_version(self) -> int:
         """The trainer updated ``model`` in place: push its weights to vLLM, new version."""
         version = super().bump_version()
-        self._sync(version)
+        if self.sync_on_update:
+            self._sync(version)
         return version
+
+    def serve_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> None:
+        """Serving copy <- ``state_dict`` (a copy of the trainer's weights at ``version``),
+        leaving the trainer's model alone; call it between requests, from the thread that
+        generates (``sync_on_update = False``)."""
+        _check_version_order(version, self.served_version)
+        self._push([(name, t.detach().to("cpu")) for name, t in state_dict.items()], version)
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> None:
         """Load ``state_dict`` into the trainer's model (strict) and into vLLM; set ``version``."""
@@ -209,8 +236,10 @@ class VLLMEngine(Engine):
 
     def _sync(self, version: int) -> None:
         """Serving copy <- trainer's weights; prefix cache emptied; vLLM's version = ``version``."""
+        self._push([(name, t.detach().to("cpu")) for name, t in self.model.state_dict().items()], version)
+
+    def _push(self, weights: list[tuple[str, torch.Tensor]], version: int) -> None:
         self._check_open()
-        weights = [(name, t.detach().to("cpu")) for name, t in self.model.state_dict().items()]
         self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         # Mandatory: cached blocks hold keys/values of the old weights and would be reused
         # for any prompt sharing a prefix with an earlier one.
@@ -221,6 +250,8 @@ class VLLMEngine(Engine):
     def _check_serving(self) -> int:
         """The policy version, after checking that vLLM serves it."""
         self._check_open()
+        if not self.sync_on_update:
+            return self.served_version  # a lagging serving copy: its own version
         version = self.policy_version
         served = self._llm.get_weight_version()
         if served != str(version):
@@ -234,7 +265,7 @@ class VLLMEngine(Engine):
         prompts: Sequence[Prompt],
         n: int,
         *,
-        max_new_tokens: int,
+        max_new_tokens: int | Sequence[int],
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
@@ -245,40 +276,108 @@ class VLLMEngine(Engine):
         requests gets its own seed derived from it); None derives them from the global torch
         RNG (so ``torch.manual_seed`` makes runs reproducible). vLLM's random streams differ
         from ``transformers``': the same seed gives other samples than ``HFEngine``.
+        Per-prompt caps become per-request ``max_tokens`` (a finished request leaves the batch).
         """
-        check_sampling_args(n, max_new_tokens, temperature, top_p, seed)
+        rows, params, version = self._requests(prompts, n, max_new_tokens, temperature, top_p, seed)
+        if not rows:
+            return []
+        outputs = self._llm.generate([{"prompt_token_ids": ids} for ids in rows], params, use_tqdm=False)
+        flat = self._samples(rows, [out.outputs[0] for out in outputs], temperature, top_p, version)
+        return [flat[i * n : (i + 1) * n] for i in range(len(rows) // n)]
+
+    def generate_stream(
+        self,
+        prompts: Sequence[Prompt],
+        n: int,
+        *,
+        max_new_tokens: int | Sequence[int],
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        groups_per_call: int = 1,
+    ) -> Iterator[tuple[int, list[Sample]]]:
+        """``generate``'s requests (same seeds, so the same samples) submitted at once, each
+        prompt's group yielded as soon as its ``n`` responses are finished (continuous
+        batching). ``groups_per_call`` is ignored (vLLM schedules requests itself)."""
+        rows, params, version = self._requests(prompts, n, max_new_tokens, temperature, top_p, seed)
+        if not rows:
+            return
+        ids = self._llm.enqueue([{"prompt_token_ids": r} for r in rows], params, use_tqdm=False)
+        # enqueue returns vLLM's internal ids ("<external>-<8 random chars>", unless vLLM's id
+        # randomisation is off); outputs carry the external ones
+        row_of = {str(rid): k for k, rid in enumerate(ids)}
+        row_of.update({str(rid).rsplit("-", 1)[0]: k for k, rid in enumerate(ids)})
+        internal = [str(rid) for rid in ids]
+        done: dict[int, Any] = {}
+        left = [n] * (len(rows) // n)
+        engine = self._llm.llm_engine
+        finished: set[int] = set()
+        try:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if not out.finished:
+                        continue
+                    k = row_of[str(out.request_id)]
+                    finished.add(k)
+                    done[k] = out.outputs[0]
+                    i = k // n
+                    left[i] -= 1
+                    if left[i] == 0:
+                        group = list(range(i * n, (i + 1) * n))
+                        yield i, self._samples([rows[j] for j in group], [done.pop(j) for j in group], temperature, top_p, version)
+        finally:
+            unfinished = [rid for k, rid in enumerate(internal) if k not in finished]
+            if unfinished:  # the caller stopped early (or failed): nothing may stay queued in vLLM
+                engine.abort_request(unfinished, internal=True)
+        if any(left):
+            raise RuntimeError(f"vLLM stopped with {sum(left)} responses unfinished")
+
+    def _requests(
+        self, prompts: Sequence[Prompt], n: int, max_new_tokens: object, temperature: float, top_p: float, seed: int | None
+    ) -> tuple[list[list[int]], list[Any], int]:
+        """Rows (row ``i * n + j``: sample ``j`` of prompt ``i``), their ``SamplingParams`` and
+        the served version, after checking the arguments."""
+        check_sampling_args(n, 1, temperature, top_p, seed)
+        caps = per_prompt_caps(max_new_tokens, len(prompts))
+        if not self.sync_on_update and top_p != 1.0:
+            # the teacher-forced log-probs of top_p < 1 run on the trainer's model, which is
+            # ahead of a lagging serving copy
+            raise ValueError("top_p < 1 needs sync_on_update (behaviour log-probs from the trainer's model)")
         version = self._check_serving()
         prompt_ids = encode_prompts(self.tokenizer, prompts)
         if not prompt_ids:
-            return []
+            return [], [], version
         from vllm import SamplingParams
 
-        rows = [ids for ids in prompt_ids for _ in range(n)]  # row i * n + j: sample j of prompt i
+        rows = [ids for ids in prompt_ids for _ in range(n)]
+        row_caps = [cap for cap in caps for _ in range(n)]
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         rng = random.Random(seed)
-        own_logprobs = top_p == 1.0
         params = [
             SamplingParams(
                 n=1,
                 temperature=float(temperature),
                 top_p=float(top_p),
                 top_k=0,
-                max_tokens=max_new_tokens,
+                max_tokens=cap,
                 stop_token_ids=list(self._stop_ids),
-                logprobs=0 if own_logprobs else None,
+                logprobs=0 if top_p == 1.0 else None,
                 seed=rng.getrandbits(62),
                 detokenize=False,
             )
-            for _ in rows
+            for cap in row_caps
         ]
-        outputs = self._llm.generate([{"prompt_token_ids": ids} for ids in rows], params, use_tqdm=False)
+        return rows, params, version
+
+    def _samples(self, rows: list[list[int]], completions: list[Any], temperature: float, top_p: float, version: int) -> list[Sample]:
+        """``Sample`` per (prompt row, vLLM completion)."""
         stop = set(self._stop_ids)
+        own_logprobs = top_p == 1.0
         responses: list[list[int]] = []
         finished: list[bool] = []
         logprobs: list[list[float]] = []
-        for out in outputs:
-            comp = out.outputs[0]
+        for comp in completions:
             resp = list(comp.token_ids)
             done = bool(resp) and resp[-1] in stop
             if done != (comp.finish_reason == "stop"):
@@ -290,7 +389,7 @@ class VLLMEngine(Engine):
         if not own_logprobs:
             # the trainer's model holds the served weights (synced at every version change)
             logprobs = self.token_logprobs(rows, responses, temperature=temperature)
-        flat = [
+        return [
             Sample(
                 prompt_ids=list(prompt),
                 response_ids=resp,
@@ -301,7 +400,6 @@ class VLLMEngine(Engine):
             )
             for prompt, resp, done, lp in zip(rows, responses, finished, logprobs)
         ]
-        return [flat[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
 
     # ---- forward passes (the trainer's model) -----------------------------------------------
 
@@ -380,6 +478,11 @@ class VLLMEngine(Engine):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_version_order(version: int, served: int) -> None:
+    if not isinstance(version, int) or isinstance(version, bool) or version < served:
+        raise ValueError(f"version {version!r} is older than the served version {served}")
 
 
 @contextlib.contextmanager

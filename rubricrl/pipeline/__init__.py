@@ -1,5 +1,6 @@
 """The data side of a training step: prompts, rollout batches, reward sources and the
-bounded-staleness rollout schedule (docs/algorithms.md §7)."""
+bounded-staleness rollout schedules: whole batches ahead (``RolloutPipeline``) or streamed
+group by group through grading (``StreamPipeline``) (docs/algorithms.md §7, docs/trainer.md)."""
 
 from rubricrl.pipeline.data import (
     PromptPairs,
@@ -25,8 +26,10 @@ from rubricrl.pipeline.rewards import (
 )
 from rubricrl.pipeline.rollout import Rollout, RolloutBatch, rollout_seed
 from rubricrl.pipeline.schedule import RolloutPipeline, snapshot_engine
+from rubricrl.pipeline.stream import GradedBatch, StreamPipeline, behaviour_version_of, merge_rewards
 
 __all__ = [
+    "GradedBatch",
     "MixReward",
     "PairwiseJudgeReward",
     "PatarmReward",
@@ -39,13 +42,16 @@ __all__ = [
     "RolloutBatch",
     "RolloutPipeline",
     "RubricReward",
+    "StreamPipeline",
     "TrainPrompt",
+    "behaviour_version_of",
     "build_judge",
     "load_pairs",
     "load_reference_prompts",
     "load_rubric_prompts",
     "load_verdict_prompts",
     "make_reward_source",
+    "merge_rewards",
     "register_reward_source",
     "reward_source_names",
     "rollout_seed",

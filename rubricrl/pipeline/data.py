@@ -201,7 +201,8 @@ class PromptSchedule:
 
     def _order(self, pool: int, epoch: int) -> list[int]:
         key = (pool, epoch)
-        if key not in self._orders:
+        order = self._orders.get(key)
+        if order is None:  # a local, so a clear() by another thread (streaming pipeline) cannot lose it
             prompts = self.pools[pool][0]
             if isinstance(prompts, PromptPairs):
                 # whole pairs at even offsets; with an even count per step and an even pool,
@@ -216,7 +217,7 @@ class PromptSchedule:
             if len(self._orders) > 64:
                 self._orders.clear()
             self._orders[key] = order
-        return self._orders[key]
+        return order
 
     def prompts_for(self, step: int) -> list[TrainPrompt]:
         """The prompts of ``step`` (1-based), pool by pool."""

@@ -194,6 +194,8 @@ class RubricReward:
     """Self-graded rubric score (docs/algorithms.md §3) of every response, with the configured judge."""
 
     name = "rubric"
+    #: a group's scores depend on that group only: the streaming pipeline grades group by group
+    grades_per_group = True
 
     def __init__(self, prompts: list[TrainPrompt], judge: Judge) -> None:
         self._prompts = prompts
@@ -256,6 +258,7 @@ class MixReward:
     """
 
     name = "mix"
+    grades_per_group = True  # as RubricReward
 
     def __init__(self, rubric: RubricReward, verdict_prompts: list[TrainPrompt], fraction: float) -> None:
         self.rubric = rubric

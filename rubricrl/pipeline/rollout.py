@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from rubricrl.engines import Engine, Sample
@@ -72,6 +73,10 @@ class Rollout:
 
     Calling it with an engine is all the pipeline needs; the engine may be the trainer's
     or a snapshot of older weights on a producer thread.
+
+    ``max_new_tokens_for`` (optional) gives a prompt its own cap (at most ``max_new_tokens``),
+    e.g. to spread response lengths in a benchmark: ``caps(prompts)`` are what every
+    ``generate`` call of the step gets, on both the synchronous and the streaming path.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class Rollout:
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int = 0,
+        max_new_tokens_for: Callable[[TrainPrompt], int] | None = None,
     ) -> None:
         self.schedule = schedule
         self.n = n
@@ -90,6 +96,13 @@ class Rollout:
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
+        self.max_new_tokens_for = max_new_tokens_for
+
+    def caps(self, prompts: list[TrainPrompt]) -> int | list[int]:
+        """``max_new_tokens`` for ``engine.generate``: one int, or one cap per prompt."""
+        if self.max_new_tokens_for is None:
+            return self.max_new_tokens
+        return [min(self.max_new_tokens, int(self.max_new_tokens_for(p))) for p in prompts]
 
     def __call__(self, engine: Engine, step: int) -> RolloutBatch:
         prompts = self.schedule.prompts_for(step)
@@ -97,7 +110,7 @@ class Rollout:
         samples = engine.generate(
             [p.messages for p in prompts],
             self.n,
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=self.caps(prompts),
             temperature=self.temperature,
             top_p=self.top_p,
             seed=rollout_seed(self.seed, step),

@@ -137,6 +137,9 @@ class RolloutPipeline:
                 out.append(self._ready[s])
         return out
 
+    def unpause(self) -> None:
+        """Nothing to resume after ``pending`` (the protocol of ``StreamPipeline``)."""
+
     def close(self) -> None:
         """Stop the producer thread (after the job it is running)."""
         thread = self._thread

@@ -37,17 +37,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from rubricrl.config import TrainConfig, torch_dtype
+from rubricrl.config import TrainConfig, pipeline_streams, torch_dtype
 from rubricrl.engines import Engine, HFEngine
 from rubricrl.engines.factory import make_engine
 from rubricrl.judges.base import Judge
 from rubricrl.pipeline import (
+    GradedBatch,
     PromptSchedule,
     RewardOutput,
     RewardSource,
     Rollout,
     RolloutBatch,
     RolloutPipeline,
+    StreamPipeline,
     make_reward_source,
 )
 from rubricrl.ops import group_advantages
@@ -94,7 +96,8 @@ class Trainer:
         judge: replaces the judge of ``config.reward.judge`` (e.g. a custom judge).
         reward_source: replaces the reward source of ``config.reward.source``.
         console: a ``rich.console.Console`` for the progress bar and logs (default: stderr).
-        snapshot_factory: how the producer thread copies the engine (``pipeline.overlap``).
+        snapshot_factory: how the producer (batch mode, ``pipeline.overlap``) or rollout
+            (stream mode) thread copies the engine.
         overwrite: start over in a ``trainer.out_dir`` that holds a previous run (its files
             are deleted first); without it such a directory is refused.
         run_dir: an already claimed :class:`~rubricrl.trainer.rundir.RunDir` for
@@ -174,8 +177,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.step_count = 0  # completed steps
         self.last_checkpoint: Path | None = None
-        self._pending: list[RolloutBatch] = []
-        self._pipeline: RolloutPipeline | None = None
+        self._pending: list[RolloutBatch | GradedBatch] = []
+        self._pipeline: RolloutPipeline | StreamPipeline | None = None
+        self._rollout = self.rollout  # the Rollout itself (faults.instrument may wrap self.rollout)
 
     # ---- the loop --------------------------------------------------------------------
 
@@ -194,16 +198,30 @@ class Trainer:
             return
         self.run_dir.lock()
         p = self.config.pipeline
-        thread = p.overlap == "thread" or (p.overlap == "auto" and p.eta > 0)
-        self._pipeline = RolloutPipeline(
-            self.engine,
-            self.rollout,
-            eta=p.eta,
-            overlap=thread,
-            last_step=self.config.trainer.steps if last_step is None else last_step,
-            snapshot_factory=self._snapshot_factory,
-        )
-        self._pipeline.start(self.step_count + 1, self._pending)
+        last = self.config.trainer.steps if last_step is None else last_step
+        if pipeline_streams(self.config):  # rollout, grading and updates on three threads
+            self._pipeline = StreamPipeline(
+                self.engine,
+                self._rollout,
+                self.reward,
+                eta=p.eta,
+                last_step=last,
+                groups_per_call=p.stream_groups,
+                on_sampled=lambda step: faults.fault_point("rollout"),
+                rollout_engine=self._snapshot_factory(self.engine) if self._snapshot_factory is not None else None,
+            )
+            self._pipeline.start(self.step_count + 1, self._pending)
+        else:
+            thread = p.overlap == "thread" or (p.overlap == "auto" and p.eta > 0)
+            self._pipeline = RolloutPipeline(
+                self.engine,
+                self.rollout,
+                eta=p.eta,
+                overlap=thread,
+                last_step=last,
+                snapshot_factory=self._snapshot_factory,
+            )
+            self._pipeline.start(self.step_count + 1, [b.batch if isinstance(b, GradedBatch) else b for b in self._pending])
         self._pending = []
 
     def close(self) -> None:
@@ -269,12 +287,18 @@ class Trainer:
         assert self._pipeline is not None
         step = self.step_count + 1
         t0 = time.perf_counter()
-        batch = self._pipeline.get(step)
+        item = self._pipeline.get(step)
         wait_s = time.perf_counter() - t0
 
-        t1 = time.perf_counter()
-        reward = self.reward.score(self.engine, batch)
-        grading_s = time.perf_counter() - t1
+        if isinstance(item, GradedBatch):  # streaming: graded on the grading thread, group by group
+            batch, reward, grading_s = item.batch, item.reward, item.grading_seconds
+            versions, stale_dropped = item.behaviour_versions, item.stale_dropped_groups
+        else:
+            batch = item
+            t1 = time.perf_counter()
+            reward = self.reward.score(self.engine, batch)
+            grading_s = time.perf_counter() - t1
+            versions, stale_dropped = [g[0].policy_version for g in batch.samples if g], 0
 
         update_batch, stats = self.build_update_batch(batch, reward)
         t2 = time.perf_counter()
@@ -288,18 +312,25 @@ class Trainer:
 
         samples = batch.flat_samples
         n_tokens = sum(len(s.response_ids) for s in samples)
+        # a step's stage work: grading's share of it (the stages overlap when streaming)
+        work_s = step_s if not isinstance(item, GradedBatch) else batch.rollout_seconds + grading_s + update_s
         record: dict[str, Any] = {
             "step": step,
             "policy_version": version,
             "sample_version": batch.policy_version,
             "judge_version": reward.judge_version,
             "staleness": (version - 1) - batch.policy_version,
+            # off-policy bookkeeping: the versions that sampled the step's groups, per group
+            "behaviour_version_min": min(versions, default=None),
+            "behaviour_version_max": max(versions, default=None),
+            "staleness_mean": statistics.fmean((version - 1) - v for v in versions) if versions else None,
+            "stale_dropped_groups": stale_dropped,
             "rollout_s": batch.rollout_seconds,
             "wait_s": wait_s,
             "grading_s": grading_s,
             "update_s": update_s,
             "step_s": step_s,
-            "grading_share": grading_s / step_s if step_s > 0 else None,
+            "grading_share": grading_s / work_s if work_s > 0 else None,
             **stats,
             "response_len_mean": n_tokens / len(samples) if samples else None,
             "tokens_per_s": n_tokens / step_s if step_s > 0 else None,
@@ -375,7 +406,8 @@ class Trainer:
             samples = batch.flat_samples
             for k, a in zip(kept, adv.tolist()):
                 smp = samples[k]
-                update.add(smp.prompt_ids, smp.response_ids, smp.behaviour_logprobs, a)
+                # old (proximal) = behaviour until the decoupled correction computes proximal ones
+                update.add(smp.prompt_ids, smp.response_ids, smp.behaviour_logprobs, a, behaviour_logprobs=smp.behaviour_logprobs)
         stats = {
             "reward_mean": statistics.fmean(graded) if graded else None,
             "reward_std": statistics.pstdev(graded) if len(graded) > 1 else (0.0 if graded else None),
@@ -393,6 +425,13 @@ class Trainer:
         if directory is None:
             directory = self.out_dir / "checkpoints" / f"step_{self.step_count:06d}"
         pending = self._pipeline.pending(self.step_count) if self._pipeline is not None else list(self._pending)
+        try:
+            return self._save_checkpoint(directory, pending)
+        finally:
+            if self._pipeline is not None:
+                self._pipeline.unpause()
+
+    def _save_checkpoint(self, directory: str | Path, pending: Sequence[RolloutBatch | GradedBatch]) -> Path:
         state = {
             "step": self.step_count,
             "policy_version": self.engine.policy_version,
@@ -436,7 +475,9 @@ class Trainer:
             self.updater.optimizer_steps = int(state["optimizer_steps"])
             self.reward.load_state_dict(state["reward_source"])
             self.step_count = int(state["step"])
-            self._pending = [RolloutBatch.from_dict(b) for b in state["pending_batches"]]
+            self._pending = [
+                GradedBatch.from_dict(b) if "reward" in b else RolloutBatch.from_dict(b) for b in state["pending_batches"]
+            ]
             self.guard.load_state_dict(state.get("drift_guard"))  # absent in checkpoints from before the guard
             set_rng_state(state["rng"])
         except (ValueError, KeyError, TypeError, RuntimeError) as err:

@@ -63,12 +63,19 @@ _METRICS = _TOKEN_METRICS + _AGG_METRICS
 
 @dataclass
 class UpdateBatch:
-    """Responses that enter the update, with their behaviour log-probs and advantages."""
+    """Responses that enter the update, with their log-probs and advantages.
+
+    ``old_logprobs`` are the proximal policy's (the ratio's denominator and the clip's
+    centre); ``behaviour_logprobs`` those of the weights that sampled the response (recorded
+    by the engine). They are equal (``add`` without ``behaviour_logprobs=``) until a proximal
+    policy other than the behaviour one is computed (bounded-staleness pipelines).
+    """
 
     prompt_ids: list[list[int]] = field(default_factory=list)
     response_ids: list[list[int]] = field(default_factory=list)
     old_logprobs: list[list[float]] = field(default_factory=list)
     advantages: list[float] = field(default_factory=list)
+    behaviour_logprobs: list[list[float]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -77,12 +84,24 @@ class UpdateBatch:
     def num_tokens(self) -> int:
         return sum(len(r) for r in self.response_ids)
 
-    def add(self, prompt_ids: list[int], response_ids: list[int], old_logprobs: list[float], advantage: float) -> None:
+    def add(
+        self,
+        prompt_ids: list[int],
+        response_ids: list[int],
+        old_logprobs: list[float],
+        advantage: float,
+        *,
+        behaviour_logprobs: list[float] | None = None,
+    ) -> None:
         if len(response_ids) != len(old_logprobs):
-            raise ValueError(f"{len(response_ids)} response tokens but {len(old_logprobs)} behaviour log-probs")
+            raise ValueError(f"{len(response_ids)} response tokens but {len(old_logprobs)} old log-probs")
+        behaviour = old_logprobs if behaviour_logprobs is None else behaviour_logprobs
+        if len(response_ids) != len(behaviour):
+            raise ValueError(f"{len(response_ids)} response tokens but {len(behaviour)} behaviour log-probs")
         self.prompt_ids.append(list(prompt_ids))
         self.response_ids.append(list(response_ids))
         self.old_logprobs.append(list(old_logprobs))
+        self.behaviour_logprobs.append(list(behaviour))
         self.advantages.append(float(advantage))
 
 
@@ -91,6 +110,9 @@ def _collate(batch: UpdateBatch, rows: list[int], pad_id: int, device: torch.dev
     prompt_ids, prompt_mask = left_pad([batch.prompt_ids[i] for i in rows], pad_id)
     response_ids, response_mask = right_pad([batch.response_ids[i] for i in rows], pad_id)
     old, _ = right_pad([batch.old_logprobs[i] for i in rows], 0.0, dtype=torch.float32)
+    # a batch filled field by field (not with add) may lack them: then behaviour = old
+    source = batch.behaviour_logprobs if len(batch.behaviour_logprobs) == len(batch) else batch.old_logprobs
+    behaviour, _ = right_pad([source[i] for i in rows], 0.0, dtype=torch.float32)
     P = prompt_ids.shape[1]
     ids = torch.cat([prompt_ids, response_ids], dim=1)
     attn = torch.cat([prompt_mask, response_mask], dim=1)
@@ -101,6 +123,7 @@ def _collate(batch: UpdateBatch, rows: list[int], pad_id: int, device: torch.dev
         "targets": response_ids.to(device),
         "mask": response_mask.to(device=device, dtype=torch.float32),
         "old_logprobs": old.to(device),
+        "behaviour_logprobs": behaviour.to(device),
         "advantages": torch.tensor([batch.advantages[i] for i in rows], dtype=torch.float32, device=device),
     }
 
@@ -233,7 +256,16 @@ class ActorUpdater:
             horizon=self.horizon,
             token_chunk=c.chunk_size,
             backend=c.backend,
+            **self._decoupled_kwargs(mb),
         )
+
+    def _decoupled_kwargs(self, mb: dict) -> dict[str, torch.Tensor]:
+        """THE place where the behaviour log-probs reach the loss (decoupled off-policy
+        correction: ``old_logprobs`` = proximal policy, ``behaviour_logprobs`` = the weights
+        that sampled). Today: nothing, i.e. the loss takes ``old = behaviour``; wiring the
+        correction is ``return {"behaviour_logprobs": mb["behaviour_logprobs"]}`` once the loss
+        op takes that keyword (``mb["behaviour_logprobs"]``: ``[m, R]`` fp32, 0 on padding)."""
+        return {}
 
     def _lr(self) -> float:
         warm = self.optim_cfg.warmup_steps
