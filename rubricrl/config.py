@@ -204,8 +204,10 @@ class LossConfig:
     tau_pos: float = 1.0  # sapo: gate temperature where A > 0
     tau_neg: float = 1.05  # sapo: gate temperature where A <= 0
     loss_agg: Literal[LOSS_AGG_MODES] = "token-mean"
-    # behaviour/proximal importance correction, applied where the sampler's log-probs differ
-    # from the proximal policy's (the streaming pipeline)
+    # the proximal policy of the decoupled loss: "behaviour" (old = the sampler's log-probs, no
+    # correction) or "recompute" (old = the weights before the update, one no-grad forward per
+    # micro-batch; the policy term is weighted by pi_old / pi_behaviour per is_mode)
+    proximal: Literal["behaviour", "recompute"] = "behaviour"
     is_mode: Literal[IS_MODES] = "token_truncate"
     is_max: float | None = 2.0
     is_min: float | None = None
@@ -287,6 +289,9 @@ class GuardConfig:
     window: int = 5  # evaluations in the trend test
     min_self_rise: float = 0.05  # the self-judge's fitted rise over the window must reach this ...
     min_gold_fall: float = 0.05  # ... while the gold judge's fitted change is at most minus this
+
+
+@dataclass
 class DistributedConfig:
     """Running the trainer on a Ray cluster (docs/distributed.md); ``none`` = one process."""
 

@@ -59,6 +59,8 @@ METRIC_KEYS: dict[str, str] = {
     "clipfrac": "share of valid tokens on the clipped branch",
     "clipfrac_lower": "share of valid tokens on the dual-clip branch",
     "approx_kl": "mean(old - new log-prob) over valid tokens",
+    "is_weight_mean": "loss.proximal=recompute: mean pi_old / pi_behaviour over valid tokens",
+    "is_clipped_frac": "loss.proximal=recompute: share of valid tokens whose importance weight was truncated or masked",
     "entropy": "token entropy, aggregated like the loss",
     "kl": "KL to the reference policy, aggregated like the loss (null when loss.kl_coef = 0)",
     "grad_norm": "global gradient norm before clipping",

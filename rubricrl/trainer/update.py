@@ -36,6 +36,7 @@ so are the gradients before the optimizer step.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ class NonFiniteUpdateError(RuntimeError):
     """Too many consecutive optimizer steps were skipped for a non-finite loss, gradient or weight."""
 
 # Means over the valid tokens of a micro-batch (weighted by tokens when combined) ...
-_TOKEN_METRICS = ("clipfrac", "clipfrac_lower", "approx_kl")
+_TOKEN_METRICS = ("clipfrac", "clipfrac_lower", "approx_kl", "is_weight_mean", "is_clipped_frac")
 # ... and metrics aggregated like the loss (with the mini-batch's agg_norm: summed over micro-batches).
 _AGG_METRICS = ("entropy", "kl")
 _METRICS = _TOKEN_METRICS + _AGG_METRICS
@@ -261,11 +262,33 @@ class ActorUpdater:
 
     def _decoupled_kwargs(self, mb: dict) -> dict[str, torch.Tensor]:
         """THE place where the behaviour log-probs reach the loss (decoupled off-policy
-        correction: ``old_logprobs`` = proximal policy, ``behaviour_logprobs`` = the weights
-        that sampled). Today: nothing, i.e. the loss takes ``old = behaviour``; wiring the
-        correction is ``return {"behaviour_logprobs": mb["behaviour_logprobs"]}`` once the loss
-        op takes that keyword (``mb["behaviour_logprobs"]``: ``[m, R]`` fp32, 0 on padding)."""
-        return {}
+        correction, docs/algorithms.md §1b: ``old_logprobs`` = the proximal policy,
+        ``behaviour_logprobs`` = the weights that sampled, weighted by ``loss.is_mode``).
+        With ``loss.proximal=behaviour`` nothing: the loss takes ``old = behaviour``."""
+        if self.loss_cfg.proximal != "recompute":
+            return {}
+        return {"behaviour_logprobs": mb["behaviour_logprobs"]}
+
+    def _proximal_logprobs(self, batch: UpdateBatch, device: torch.device, pad: int) -> UpdateBatch:
+        """``loss.proximal=recompute``: the proximal policy is the weights before this update
+        (AReaL's decoupled PPO): their log-probs of every response, one no-grad forward per
+        micro-batch, become ``old_logprobs``; the engine's stay ``behaviour_logprobs``."""
+        if self.loss_cfg.proximal != "recompute" or len(batch) == 0:
+            return batch
+        rows = self._my_rows(list(range(len(batch))))
+        old = [list(lp) for lp in batch.old_logprobs]
+        with torch.no_grad():
+            for start in range(0, len(rows), self.optim_cfg.micro_batch_size):
+                chunk = rows[start : start + self.optim_cfg.micro_batch_size]
+                mb = _collate(batch, chunk, pad, device)
+                P, R = mb["prompt_width"], mb["targets"].shape[1]
+                hidden = self.engine.hidden_states(mb["input_ids"], mb["attention_mask"])[:, P - 1 : P - 1 + R]
+                weight, bias = self.engine.output_projection()
+                lp = fused_linear_logprobs(hidden, weight, mb["targets"], bias=bias, temperature=self.temperature)
+                for j, i in enumerate(chunk):
+                    old[i] = lp[j, : len(batch.response_ids[i])].tolist()
+        behaviour = batch.behaviour_logprobs if len(batch.behaviour_logprobs) == len(batch) else batch.old_logprobs
+        return dataclasses.replace(batch, old_logprobs=old, behaviour_logprobs=[list(b) for b in behaviour])
 
     def _lr(self) -> float:
         warm = self.optim_cfg.warmup_steps
@@ -390,6 +413,7 @@ class ActorUpdater:
         device = self.engine.device if hasattr(self.engine, "device") else torch.device("cpu")
         pad = self.engine.tokenizer.pad_token_id
         self._sync_masters()
+        batch = self._proximal_logprobs(batch, device, pad)
         sums = {k: 0.0 for k in _TOKEN_METRICS}
         agg: dict[str, list[float]] = {k: [] for k in _AGG_METRICS}
         tokens = 0.0
@@ -412,7 +436,8 @@ class ActorUpdater:
                     n_tok = float(mb["mask"].sum())
                     tokens += n_tok
                     for k in _TOKEN_METRICS:
-                        sums[k] += float(metrics[k]) * n_tok
+                        if k in metrics:  # is_*: with the decoupled correction only
+                            sums[k] += float(metrics[k]) * n_tok
                     for k in _AGG_METRICS:
                         if k in metrics:
                             mini_agg[k] = mini_agg.get(k, 0.0) + float(metrics[k])
