@@ -154,6 +154,9 @@ class RewardConfig:
     judge_mode: str = "expected"  # logprob judge: expected | threshold | sample
     grading_temperature: float = 1.0  # verdict temperature (1.0 = the rollout temperature, docs/algorithms.md §3)
     share_prefix: bool = True
+    # logprob judge prompt layout (docs/judges.md): instructions_first = instructions + conversation,
+    # response, item; continue_rollout = the rollout's own prompt + response, then the grading turn
+    judge_layout: Literal["instructions_first", "continue_rollout"] = "instructions_first"
     judge_options: dict[str, Any] = field(default_factory=dict)  # more keyword options for make_judge
     ungraded: Literal["exclude", "group_mean"] = "exclude"
     rlpr: RLPRConfig = field(default_factory=RLPRConfig)
@@ -198,6 +201,9 @@ class OptimConfig:
     micro_batch_size: int = 4  # sequences per forward/backward (gradient accumulation)
     updates_per_step: int = 1  # optimizer steps per training step (the batch is split into this many)
     epochs: int = 1  # passes over the batch per training step
+    # padding-free micro-batches (sequences packed in one row, docs/trainer.md): auto = where the
+    # model supports it, on = required (error otherwise), off = padded micro-batches
+    packing: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass
@@ -511,6 +517,11 @@ def _validate(cfg: TrainConfig) -> None:
             "reward.judge_mode",
             f"expected one of {', '.join(modes)} for the logprob judge, got {cfg.reward.judge_mode!r}",
         )
+    _check(
+        cfg.reward.judge_layout == "instructions_first" or cfg.reward.judge == "logprob",
+        "reward.judge_layout",
+        f"{cfg.reward.judge_layout!r} is for reward.judge=logprob only, got reward.judge={cfg.reward.judge!r}",
+    )
     finite_positive("reward.grading_temperature", cfg.reward.grading_temperature)
     for key, value in cfg.reward.judge_options.items():  # untyped, so not checked by _coerce
         if isinstance(value, float) and not math.isfinite(value):
