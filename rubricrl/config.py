@@ -204,6 +204,9 @@ class OptimConfig:
     # padding-free micro-batches (sequences packed in one row, docs/trainer.md): auto = where the
     # model supports it, on = required (error otherwise), off = padded micro-batches
     packing: Literal["auto", "on", "off"] = "auto"
+    # also close a micro-batch before its sequences (prompt + response tokens) pass this many;
+    # a longer sequence runs alone (null = micro_batch_size only)
+    micro_batch_tokens: int | None = None
 
 
 @dataclass
@@ -558,6 +561,8 @@ def _validate(cfg: TrainConfig) -> None:
     at_least("optim.micro_batch_size", opt.micro_batch_size, 1)
     at_least("optim.updates_per_step", opt.updates_per_step, 1)
     at_least("optim.epochs", opt.epochs, 1)
+    if opt.micro_batch_tokens is not None:
+        at_least("optim.micro_batch_tokens", opt.micro_batch_tokens, 1)
 
     tr = cfg.trainer
     at_least("trainer.steps", tr.steps, 0)

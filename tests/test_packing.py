@@ -147,3 +147,45 @@ def test_packing_option_validation():
         ActorUpdater(sliding, LossConfig(), OptimConfig(packing="on"), temperature=1.0, horizon=4)
     assert not ActorUpdater(sliding, LossConfig(), OptimConfig(packing="auto"), temperature=1.0, horizon=4).packed
     assert ActorUpdater(engine, LossConfig(), OptimConfig(), temperature=1.0, horizon=4).packed  # auto on Qwen3
+
+
+def test_micro_batches_by_token_budget_hand_checked():
+    from rubricrl.trainer.update import _micro_batches
+
+    batch = _batch()  # prompts of 2 + (3 i) % 10 tokens, responses of 1, 3, 5, 8, 0, 13, 30, 96
+    sizes = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
+    assert sizes == [3, 8, 13, 19, 4, 20, 40, 99]
+    rows = list(range(8))
+    assert _micro_batches(batch, rows, 8, None) == [rows]
+    assert _micro_batches(batch, rows, 3, None) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    # budget 40: 3+8+13 = 24 (+19 > 40) | 19+4 = 23 (+20 > 40) | 20 (+40 > 40) | 40 | 99 alone (over budget)
+    assert _micro_batches(batch, rows, 8, 40) == [[0, 1, 2], [3, 4], [5], [6], [7]]
+    assert _micro_batches(batch, rows, 2, 40) == [[0, 1], [2, 3], [4, 5], [6], [7]]
+
+
+@pytest.mark.parametrize("packing", ["on", "off"])
+def test_token_budget_micro_batches_give_the_one_micro_batch_update(packing):
+    """Accumulation is exact: cutting by a token budget changes nothing but the cost."""
+    results = []
+    for micro, budget in ((8, None), (8, 40)):
+        torch.manual_seed(0)
+        engine = HFEngine(build_tiny_model(seed=3), load_builtin_tokenizer())
+        optim = OptimConfig(lr=1e-3, eps=1e-3, micro_batch_size=micro, micro_batch_tokens=budget, packing=packing)
+        updater = ActorUpdater(engine, LossConfig(loss_agg="seq-mean-token-sum"), optim, temperature=1.0, horizon=96)
+        out = updater.update(_batch())
+        results.append((out, [p.detach().clone() for p in updater.params]))
+    (one, w_one), (cut, w_cut) = results
+    assert math.isclose(one["loss"], cut["loss"], rel_tol=1e-5, abs_tol=1e-7)
+    assert math.isclose(one["grad_norm"], cut["grad_norm"], rel_tol=1e-4)
+    for a, b in zip(w_one, w_cut):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_micro_batch_tokens_config_validation():
+    from rubricrl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="optim.micro_batch_tokens"):
+        load_config("rubricrl/configs/demo.yaml", ["optim.micro_batch_tokens=0"])
+    with pytest.raises(ConfigError, match="optim.packing"):
+        load_config("rubricrl/configs/demo.yaml", ["optim.packing=always"])
+    assert load_config("rubricrl/configs/demo.yaml", ["optim.micro_batch_tokens=512"]).optim.micro_batch_tokens == 512

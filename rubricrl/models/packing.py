@@ -15,8 +15,9 @@ sequences apart:
 ``sum L_i^2`` (not ``N^2`` as a dense block-diagonal mask would, nor ``S * max L^2`` as
 padding does):
 
-* on a CUDA device with ``flash_attn`` installed, ``flash_attn_varlen_func`` (the kernel
-  verl's remove-padding uses) in one call: ``_flash_varlen``;
+* on a CUDA device with ``flash_attn`` installed and a bf16/fp16 model,
+  ``flash_attn_varlen_func`` (the kernel verl's remove-padding uses) in one call:
+  ``_flash_varlen`` (not exercised by the CPU test suite);
 * elsewhere (the CPU), one causal ``scaled_dot_product_attention`` per sequence, GQA heads
   expanded by the kernel (``enable_gqa``): ``_sdpa_per_sequence``.
 
@@ -26,7 +27,10 @@ then builds a dense ``[1, 1, N, N]`` block-diagonal mask for sdpa/eager: correct
 query is computed against every key of the row. The tests use that path as the reference.
 
 The attention implementation is switched only inside :func:`packed_hidden_states` (the
-model's config is restored on exit), like ``rubricrl.engines.split_attention``.
+model's config is restored on exit), like ``rubricrl.engines.split_attention``. The switch
+is on the model's config object, so no other thread may run a forward of the same model
+object meanwhile (a weight snapshot, as ``pipeline.eta``'s producer samples on, is another
+object).
 """
 
 from __future__ import annotations
@@ -160,7 +164,8 @@ def varlen_attention_forward(
     if cu_seq_lens_q is None or query.shape[0] != 1 or attention_mask is not None:
         raise ValueError("rubricrl_varlen attention needs one packed row, cu_seq_lens_q and no attention_mask")
     scale = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
-    flash = _flash_varlen() if query.is_cuda else None
+    # flash-attn kernels take fp16 / bf16 only; an fp32 model runs the per-sequence SDPA
+    flash = _flash_varlen() if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) else None
     if flash is not None:
         # flash_attn takes [N, heads, D] and handles GQA itself
         q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))

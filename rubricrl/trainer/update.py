@@ -166,6 +166,24 @@ def _collate_packed(
     return out
 
 
+def _micro_batches(batch: UpdateBatch, rows: list[int], size: int, tokens: int | None) -> list[list[int]]:
+    """Consecutive micro-batches of ``rows``: at most ``size`` sequences and, when ``tokens``
+    is set, at most ``tokens`` prompt + response tokens (a longer sequence runs alone)."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for i in rows:
+        n = len(batch.prompt_ids[i]) + len(batch.response_ids[i])
+        if current and (len(current) >= size or (tokens is not None and used + n > tokens)):
+            out.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += n
+    if current:
+        out.append(current)
+    return out
+
+
 def _split(rows: list[int], parts: int) -> list[list[int]]:
     parts = max(1, min(parts, len(rows)))
     size = math.ceil(len(rows) / parts)
@@ -183,7 +201,9 @@ class ActorUpdater:
         ref_engine: frozen reference policy, needed when ``loss.kl_coef > 0``.
 
     ``optim.packing`` (``auto`` when ``optim`` has no such field) picks the packed or the
-    padded micro-batch layout (module docstring); ``self.packed`` says which.
+    padded micro-batch layout (module docstring); ``self.packed`` says which. Micro-batches
+    hold ``optim.micro_batch_size`` sequences, fewer where ``optim.micro_batch_tokens``
+    (prompt + response tokens) would be passed.
 
     Raises:
         ValueError: a non-finite ``optim.lr``, ``optim.eps``, ``optim.weight_decay``,
@@ -261,6 +281,10 @@ class ActorUpdater:
         if self.packed:
             return _collate_packed(batch, rows, device, flat=self.loss_cfg.loss_agg == "token-mean")
         return _collate(batch, rows, pad_id, device)
+
+    def _micro_batches(self, batch: UpdateBatch, rows: list[int]) -> list[list[int]]:
+        o = self.optim_cfg
+        return _micro_batches(batch, rows, o.micro_batch_size, getattr(o, "micro_batch_tokens", None))
 
     def _agg_norm(self, batch: UpdateBatch, rows: list[int]) -> float:
         if self.loss_cfg.loss_agg == "token-mean":
@@ -434,8 +458,7 @@ class ActorUpdater:
                 self._zero_grad()
                 total = 0.0
                 mini_agg: dict[str, float] = {}
-                for start in range(0, len(mini), o.micro_batch_size):
-                    rows = mini[start : start + o.micro_batch_size]
+                for rows in self._micro_batches(batch, mini):
                     mb = self._collate(batch, rows, pad, device)
                     loss, metrics = self._micro_loss(mb, norm)
                     loss.backward()
@@ -475,7 +498,7 @@ class ActorUpdater:
         rows = list(range(len(batch)))
         norm = self._agg_norm(batch, rows)
         total = 0.0
-        for start in range(0, len(rows), self.optim_cfg.micro_batch_size):
-            mb = self._collate(batch, rows[start : start + self.optim_cfg.micro_batch_size], self.engine.tokenizer.pad_token_id, device)
+        for micro in self._micro_batches(batch, rows):
+            mb = self._collate(batch, micro, self.engine.tokenizer.pad_token_id, device)
             total += float(self._micro_loss(mb, norm)[0])
         return total
