@@ -72,7 +72,7 @@ def check_judge_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             parser.error("--mode applies to --judge logprob only (the generate judge gives hard verdicts)")
         if not args.share_prefix:
             parser.error("--no-share-prefix applies to --judge logprob only")
-        if args.judge_layout is not None:
+        if getattr(args, "judge_layout", None) is not None:
             parser.error("--judge-layout applies to --judge logprob only")
 
 
@@ -84,7 +84,8 @@ def judge_options(args: argparse.Namespace) -> dict[str, Any]:
             "temperature": args.temperature,
             "share_prefix": args.share_prefix,
             "seed": args.seed,
-            "layout": args.judge_layout or "instructions_first",
+            # getattr: a Namespace built in code (not by add_judge_args) may lack the option
+            "layout": getattr(args, "judge_layout", None) or "instructions_first",
         }
     return {
         "temperature": args.temperature,
