@@ -178,6 +178,9 @@ class RewardConfig:
     judge_mode: str = "expected"  # logprob judge: expected | threshold | sample
     grading_temperature: float = 1.0  # verdict temperature (1.0 = the rollout temperature, docs/algorithms.md §3)
     share_prefix: bool = True
+    # logprob judge prompt layout (docs/judges.md): instructions_first = instructions + conversation,
+    # response, item; continue_rollout = the rollout's own prompt + response, then the grading turn
+    judge_layout: Literal["instructions_first", "continue_rollout"] = "instructions_first"
     judge_options: dict[str, Any] = field(default_factory=dict)  # more keyword options for make_judge
     ungraded: Literal["exclude", "group_mean"] = "exclude"
     rlpr: RLPRConfig = field(default_factory=RLPRConfig)
@@ -232,6 +235,12 @@ class OptimConfig:
     micro_batch_size: int = 4  # sequences per forward/backward (gradient accumulation)
     updates_per_step: int = 1  # optimizer steps per training step (the batch is split into this many)
     epochs: int = 1  # passes over the batch per training step
+    # padding-free micro-batches (sequences packed in one row, docs/trainer.md): auto = where the
+    # model supports it, on = required (error otherwise), off = padded micro-batches
+    packing: Literal["auto", "on", "off"] = "auto"
+    # also close a micro-batch before its sequences (prompt + response tokens) pass this many;
+    # a longer sequence runs alone (null = micro_batch_size only)
+    micro_batch_tokens: int | None = None
 
 
 @dataclass
@@ -453,6 +462,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         raise TypeError(f"unsupported annotation {tp}")  # pragma: no cover - schema bug
     if origin is Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on / off as a boolean
         if value not in choices or isinstance(value, bool):
             raise ConfigError(path, f"expected one of {', '.join(map(str, choices))}, got {value!r}")
         return value
@@ -620,6 +631,11 @@ def _validate(cfg: TrainConfig) -> None:
             "reward.judge_mode",
             f"expected one of {', '.join(modes)} for the logprob judge, got {cfg.reward.judge_mode!r}",
         )
+    _check(
+        cfg.reward.judge_layout == "instructions_first" or cfg.reward.judge == "logprob",
+        "reward.judge_layout",
+        f"{cfg.reward.judge_layout!r} is for reward.judge=logprob only, got reward.judge={cfg.reward.judge!r}",
+    )
     finite_positive("reward.grading_temperature", cfg.reward.grading_temperature)
     for key, value in cfg.reward.judge_options.items():  # untyped, so not checked by _coerce
         if isinstance(value, float) and not math.isfinite(value):
@@ -657,6 +673,8 @@ def _validate(cfg: TrainConfig) -> None:
     at_least("optim.micro_batch_size", opt.micro_batch_size, 1)
     at_least("optim.updates_per_step", opt.updates_per_step, 1)
     at_least("optim.epochs", opt.epochs, 1)
+    if opt.micro_batch_tokens is not None:
+        at_least("optim.micro_batch_tokens", opt.micro_batch_tokens, 1)
 
     tr = cfg.trainer
     at_least("trainer.steps", tr.steps, 0)

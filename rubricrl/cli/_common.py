@@ -72,6 +72,13 @@ def add_judge_args(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="logprob judge: run every (response, item) prompt as a full sequence (slower; same result)",
     )
+    group.add_argument(
+        "--judge-layout",
+        choices=("instructions_first", "continue_rollout"),
+        default=None,
+        help="logprob judge: prompt layout (default: instructions_first; continue_rollout = the rollout's prompt "
+        "and response first, then the grading turn)",
+    )
     group.add_argument("--max-new-tokens", type=int, default=128, help="generate judge: tokens per judgment (default: 128)")
     group.add_argument("--max-attempts", type=int, default=3, help="generate judge: tries per judgment (default: 3)")
     group.add_argument("--seed", type=int, default=0, help="seed of sampled verdicts (sample mode, generate judge)")
@@ -84,6 +91,8 @@ def check_judge_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             parser.error("--mode applies to --judge logprob only (the generate judge gives hard verdicts)")
         if not args.share_prefix:
             parser.error("--no-share-prefix applies to --judge logprob only")
+        if getattr(args, "judge_layout", None) is not None:
+            parser.error("--judge-layout applies to --judge logprob only")
 
 
 def judge_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -94,6 +103,8 @@ def judge_options(args: argparse.Namespace) -> dict[str, Any]:
             "temperature": args.temperature,
             "share_prefix": args.share_prefix,
             "seed": args.seed,
+            # getattr: a Namespace built in code (not by add_judge_args) may lack the option
+            "layout": getattr(args, "judge_layout", None) or "instructions_first",
         }
     return {
         "temperature": args.temperature,

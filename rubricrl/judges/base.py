@@ -16,12 +16,20 @@ from rubricrl.data.rubrics import RubricItem
 @dataclass
 class GradeRequest:
     """One response to grade. Requests with the same ``group_id`` share the conversation
-    (the G responses of one prompt), which a judge may exploit for prefix sharing."""
+    (the G responses of one prompt), which a judge may exploit for prefix sharing.
+
+    ``response_ids``: the token ids the policy sampled for ``response`` (a final stop token
+    included or not), when the response comes from a rollout. The logprob judge's
+    ``continue_rollout`` layout grades those ids, so its prompt continues the rollout's exact
+    token sequence (a prefix cache holding the rollout then serves it); None: the response
+    text is tokenized. Other layouts and judges grade the text.
+    """
 
     conversation: list[dict]
     response: str
     items: list[RubricItem]
     group_id: str = ""
+    response_ids: list[int] | None = None
 
 
 @dataclass

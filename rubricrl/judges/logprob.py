@@ -9,6 +9,12 @@ prefixes are reused is the engine's business (``HFEngine``: a prefix-shared KV c
 ``VLLMEngine``: verdict-token log-probs with automatic prefix caching). ``share_prefix=False``
 asks for every full prompt to run on its own; both give the same p(met) (within 1e-4 in
 fp32, tested).
+
+``layout`` picks the prompt layout (``rubricrl.rewards.judge_prompts``): ``instructions_first``
+(instructions + conversation shared by the group, the response, the item) or
+``continue_rollout`` (the rollout's own prompt shared by the group, the response and the
+grading instructions, the item), whose prefix + response are the tokens the rollout already
+ran, so a prefix cache that holds the rollout (vLLM's) serves them.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from rubricrl.judges._common import (
 from rubricrl.judges.base import GradeRequest, GradeResult
 from rubricrl.judges.encoding import JudgePromptEncoder, VerdictIds, verdict_token_ids
 from rubricrl.judges.rules import grade_with_rules
+from rubricrl.rewards.judge_prompts import JUDGE_LAYOUTS
 
 __all__ = ["MODES", "LogprobJudge", "VerdictProbs", "verdicts_from_probs"]
 
@@ -88,6 +95,8 @@ class LogprobJudge:
             (cached + new); ``None``: 8192 on CPU, 65536 on GPU.
         yes_words, no_words: verdict words (default ``judge_prompts.verdict_words()``).
         backend: ``HFEngine``: forwarded to ``rubricrl.ops.verdict_probs`` (``None`` = automatic).
+        layout: ``instructions_first`` (default) or ``continue_rollout`` (module docstring;
+            needs a chat template, checked when the judge first meets a tokenizer).
     """
 
     name = "logprob"
@@ -105,7 +114,11 @@ class LogprobJudge:
         yes_words: Sequence[str] | None = None,
         no_words: Sequence[str] | None = None,
         backend: str | None = None,
+        layout: str = "instructions_first",
     ) -> None:
+        if layout not in JUDGE_LAYOUTS:
+            raise ValueError(f"layout must be one of {list(JUDGE_LAYOUTS)}, got {layout!r}")
+        self.layout = layout
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
@@ -134,7 +147,7 @@ class LogprobJudge:
     def __repr__(self) -> str:
         return (
             f"LogprobJudge(mode={self.mode!r}, temperature={self.temperature}, share_prefix={self.share_prefix}, "
-            f"seed={self.seed})"
+            f"seed={self.seed}, layout={self.layout!r})"
         )
 
     # ---- public --------------------------------------------------------------------
@@ -170,7 +183,7 @@ class LogprobJudge:
         queries = [
             VerdictRequest(
                 encoder.prefix_ids(req.conversation),
-                encoder.response_ids(req.response),
+                encoder.response_ids(req.response, req.response_ids),
                 [encoder.suffix_ids(item) for item in req.items],
             )
             for req in requests
@@ -211,7 +224,7 @@ class LogprobJudge:
     def _encoder(self, tokenizer) -> tuple[JudgePromptEncoder, VerdictIds]:
         entry = self._encoders.get(id(tokenizer))
         if entry is None or entry[0] is not tokenizer:
-            encoder = JudgePromptEncoder(tokenizer, chat_template=self.chat_template)
+            encoder = JudgePromptEncoder(tokenizer, chat_template=self.chat_template, layout=self.layout)
             entry = (tokenizer, encoder, verdict_token_ids(tokenizer, self.yes_words, self.no_words))
             self._encoders[id(tokenizer)] = entry
         return entry[1], entry[2]

@@ -54,6 +54,7 @@ def run_meta_eval(
     *,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
+    return_verdicts: bool = False,
 ) -> dict[str, Any]:
     """MF1 of ``judge`` (grading with ``engine``) on meta-evaluation ``rows``, overall and per category.
 
@@ -63,6 +64,8 @@ def run_meta_eval(
         rows: meta-evaluation rows (e.g. ``rubricrl.data.builtin.builtin_meta_eval()``).
         batch_size: rows per ``judge.grade`` call.
         progress: called with the number of rows just graded after each batch.
+        return_verdicts: also return ``verdicts``: each row's hard verdict (True / False,
+            None for a failed judgment), in row order (to compare two judges row by row).
 
     Returns:
         The dict of :func:`~rubricrl.rewards.metrics.meta_eval_mf1` (``mf1``, ``f1_met``,
@@ -80,9 +83,9 @@ def run_meta_eval(
         if progress is not None:
             progress(len(batch))
     verdicts, labels, categories = [], [], []
+    every_verdict = [_hard_verdict(result) for result in results]
     n_failed = 0
-    for row, result in zip(rows, results):
-        verdict = _hard_verdict(result)
+    for row, verdict in zip(rows, every_verdict):
         if verdict is None:
             n_failed += 1
             continue
@@ -99,4 +102,6 @@ def run_meta_eval(
         judge=getattr(judge, "name", type(judge).__name__),
         judge_version=results[0].judge_version if results else None,
     )
+    if return_verdicts:
+        summary["verdicts"] = every_verdict
     return summary

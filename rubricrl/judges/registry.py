@@ -59,12 +59,14 @@ def build_judge(
     temperature: float,
     mode: str | None = None,
     share_prefix: bool | None = None,
+    layout: str | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> Judge:
     """The judge ``name`` from the grading settings the trainer config and the CLI share.
 
-    ``temperature`` goes to every judge; ``mode`` and ``share_prefix`` to the logprob judge
-    only (other judges never see them; None keeps the judge's default); ``options`` are
+    ``temperature`` goes to every judge; ``mode``, ``share_prefix`` and ``layout`` to the
+    logprob judge only (other judges never see them; None keeps the judge's default; a
+    ``layout`` other than ``instructions_first`` for another judge is an error); ``options`` are
     further keyword options for the judge (``reward.judge_options``, the CLI's ``--seed``,
     ``--max-new-tokens``, ...) and win over the settings above.
 
@@ -74,7 +76,11 @@ def build_judge(
     """
     settings: dict[str, Any] = {"temperature": temperature}
     if name == "logprob":
-        settings.update({k: v for k, v in (("mode", mode), ("share_prefix", share_prefix)) if v is not None})
+        settings.update(
+            {k: v for k, v in (("mode", mode), ("share_prefix", share_prefix), ("layout", layout)) if v is not None}
+        )
+    elif layout not in (None, "instructions_first"):
+        raise ValueError(f"{name!r}: judge layout {layout!r} is for the logprob judge only")
     settings.update(options or {})
     try:
         return make_judge(name, **settings)

@@ -42,7 +42,9 @@ def grade_with_rules(
     tokenizer = getattr(engine, "tokenizer", None)
     rules = [rule_verdicts(req, tokenizer) for req in requests]
     judged_requests = [
-        GradeRequest(req.conversation, req.response, [it for it, v in zip(req.items, rv) if v is None], req.group_id)
+        GradeRequest(
+            req.conversation, req.response, [it for it, v in zip(req.items, rv) if v is None], req.group_id, req.response_ids
+        )
         for req, rv in zip(requests, rules)
     ]
     judged = grade_judge_items(judged_requests)

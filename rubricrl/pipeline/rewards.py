@@ -135,6 +135,7 @@ def build_judge(config: TrainConfig) -> Judge:
             temperature=r.grading_temperature,
             mode=r.judge_mode,
             share_prefix=r.share_prefix,
+            layout=r.judge_layout,
             options=r.judge_options,
         )
     except ValueError as err:
@@ -212,7 +213,10 @@ class RubricReward:
             prompt = batch.prompts[i]
             for j, sample in enumerate(batch.samples[i]):
                 requests.append(
-                    GradeRequest(prompt.messages, sample.response_text, prompt.items, f"{batch.step}/{i}/{prompt.prompt_id}")
+                    GradeRequest(
+                        prompt.messages, sample.response_text, prompt.items, f"{batch.step}/{i}/{prompt.prompt_id}",
+                        response_ids=sample.response_ids,
+                    )
                 )
                 flat.append(i * G + j)
         results, errors = grade_safely(self.judge, engine, requests)

@@ -32,6 +32,14 @@ right after it as well.
 
 The text given to the judge (conversation, response, criterion) is inserted
 verbatim: rewriting it would change what is being graded.
+
+Layouts. The parts above are layout ``instructions_first`` (the default): instructions,
+then the conversation, the response and the item. Layout ``continue_rollout``
+(:func:`continuation_judge_parts`) continues the rolled-out conversation instead: the
+rollout's own prompt and response come first, unchanged, then a new user turn with
+:data:`CONTINUATION_INSTRUCTIONS` and the item, so a grader that keeps the rollout's KV
+cache (or an engine's prefix cache) pays only for the grading turn. The chat-template
+plumbing is ``rubricrl.judges.encoding.JudgePromptEncoder``'s.
 """
 
 from __future__ import annotations
@@ -41,7 +49,10 @@ from collections.abc import Sequence
 from rubricrl.data.rubrics import RubricItem
 
 __all__ = [
+    "CONTINUATION_INSTRUCTIONS",
+    "JUDGE_LAYOUTS",
     "VERDICT_CUE",
+    "continuation_judge_parts",
     "generate_judge_parts",
     "generate_judge_prompt",
     "logprob_judge_parts",
@@ -51,11 +62,11 @@ __all__ = [
 #: The text every logprob item suffix ends with; the verdict word is the next token.
 VERDICT_CUE = "Verdict:"
 
-_INSTRUCTIONS = """\
-You are grading a response written by an AI assistant. You will see a conversation, \
-the assistant's response to its last turn, and one criterion from a grading rubric. \
-Decide whether the response meets that criterion.
+#: Judge prompt layouts (``reward.judge_layout``); the first is the default.
+JUDGE_LAYOUTS = ("instructions_first", "continue_rollout")
 
+# The grading rules, shared by both layouts (one definition).
+_RULES = """\
 How to decide:
 - Judge only the criterion you are given. Other strengths or flaws of the response do not matter here.
 - When a criterion asks for several things, it is met only if the response does all of them.
@@ -64,8 +75,20 @@ How to decide:
 met when the response shows that behaviour, even though that is bad for the response.
 - Judge what the response actually says, not what it might have meant.
 - Answer true if the criterion is met and false if it is not.
-
 """
+
+_INSTRUCTIONS = (
+    "You are grading a response written by an AI assistant. You will see a conversation, "
+    "the assistant's response to its last turn, and one criterion from a grading rubric. "
+    "Decide whether the response meets that criterion.\n\n" + _RULES + "\n"
+)
+
+#: Layout ``continue_rollout``: the grading turn that follows the rolled-out conversation
+#: (its first part, once per response; the item and the verdict cue come after it).
+CONTINUATION_INSTRUCTIONS = (
+    "Now grade the assistant's last response above against one criterion from a grading rubric. "
+    "Decide whether that response meets the criterion.\n\n" + _RULES + "\n"
+)
 
 # Short on purpose: the suffix is the only per-(response, item) work of a
 # prefix-shared judge, so everything generic lives in the shared instructions.
@@ -104,6 +127,18 @@ def logprob_judge_parts(conversation: Sequence[dict], response: str, item: Rubri
         item: the rubric item to check.
     """
     return _conversation_prefix(conversation), _response_part(response), _item_block(item) + _LOGPROB_REQUEST
+
+
+def continuation_judge_parts(item: RubricItem) -> tuple[str, str]:
+    """Layout ``continue_rollout``, logprob judge: ``(grading_turn_head, item_suffix)``, the
+    content of the user turn that follows the rolled-out response.
+
+    ``grading_turn_head`` is :data:`CONTINUATION_INSTRUCTIONS` (the same for every item of a
+    response); ``item_suffix`` is the item and :data:`VERDICT_CUE`, as in
+    :func:`logprob_judge_parts`. The conversation and the response are not text here: they
+    are the rollout's own prompt and response, rendered by the chat template.
+    """
+    return CONTINUATION_INSTRUCTIONS, _item_block(item) + _LOGPROB_REQUEST
 
 
 def generate_judge_parts(conversation: Sequence[dict], response: str, item: RubricItem) -> tuple[str, str, str]:

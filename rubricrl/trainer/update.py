@@ -32,6 +32,18 @@ micro-batch is normalised by its own padded length. Data-parallel ranks
 (``rubricrl.distributed.dp_updater``) extend this across processes through three hooks:
 each rank computes its rows of a mini-batch, ``agg_norm`` is summed over the ranks, and
 so are the gradients before the optimizer step.
+
+Packed (padding-free) micro-batches (``optim.packing``, see ``rubricrl.models.packing``).
+Instead of the padded ``[m, P + R]`` layout, the micro-batch's sequences (prompt + response
+without its last token, whose hidden state predicts nothing) run end to end in one row of
+``N = sum(P_i + R_i - 1)`` tokens, positions restarting per sequence and attention causal
+within each sequence. Only the response positions are gathered from the ``[1, N, H]``
+states for the loss: flattened ``[M, H]`` (``M`` = response tokens) with per-token
+advantages for ``token-mean``; ``[m, R, H]`` rows (gathered, padding positions masked, which
+the cpp backend skips) for the seq-mean modes, whose aggregation is per response. Same loss,
+gradients and updated weights as the padded layout (within fp32 rounding; tested for every
+``loss_agg``). ``auto`` packs when the policy (and reference) model supports it
+(``rubricrl.models.packing.packing_unsupported``); ``on`` requires it.
 """
 
 from __future__ import annotations
@@ -45,9 +57,13 @@ import torch
 
 from rubricrl.engines import Engine
 from rubricrl.engines.padding import left_pad, right_pad
+from rubricrl.models.packing import pack_sequences, packed_hidden_states, packing_unsupported
 from rubricrl.ops import fused_linear_grpo_loss, fused_linear_logprobs
 
-__all__ = ["ActorUpdater", "NonFiniteUpdateError", "UpdateBatch"]
+__all__ = ["PACKING_MODES", "ActorUpdater", "NonFiniteUpdateError", "UpdateBatch"]
+
+#: ``optim.packing``: auto (pack where the model supports it), on (require it), off (pad).
+PACKING_MODES = ("auto", "on", "off")
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +122,18 @@ class UpdateBatch:
         self.advantages.append(float(advantage))
 
 
+def _behaviour(batch: UpdateBatch) -> list[list[float]]:
+    """The behaviour log-probs per row; a batch filled field by field (not with ``add``) may
+    lack them: then behaviour = old."""
+    return batch.behaviour_logprobs if len(batch.behaviour_logprobs) == len(batch) else batch.old_logprobs
+
+
 def _collate(batch: UpdateBatch, rows: list[int], pad_id: int, device: torch.device) -> dict[str, torch.Tensor | int]:
     # prompts left-padded to P, responses right-padded to R: [pad.. prompt | response ..pad]
     prompt_ids, prompt_mask = left_pad([batch.prompt_ids[i] for i in rows], pad_id)
     response_ids, response_mask = right_pad([batch.response_ids[i] for i in rows], pad_id)
     old, _ = right_pad([batch.old_logprobs[i] for i in rows], 0.0, dtype=torch.float32)
-    # a batch filled field by field (not with add) may lack them: then behaviour = old
-    source = batch.behaviour_logprobs if len(batch.behaviour_logprobs) == len(batch) else batch.old_logprobs
+    source = _behaviour(batch)
     behaviour, _ = right_pad([source[i] for i in rows], 0.0, dtype=torch.float32)
     P = prompt_ids.shape[1]
     ids = torch.cat([prompt_ids, response_ids], dim=1)
@@ -127,6 +148,76 @@ def _collate(batch: UpdateBatch, rows: list[int], pad_id: int, device: torch.dev
         "behaviour_logprobs": behaviour.to(device),
         "advantages": torch.tensor([batch.advantages[i] for i in rows], dtype=torch.float32, device=device),
     }
+
+
+def _collate_packed(
+    batch: UpdateBatch, rows: list[int], device: torch.device, flat: bool
+) -> dict[str, torch.Tensor | int]:
+    """The micro-batch ``rows`` as one packed row (see the module docstring).
+
+    ``index``: positions in the packed row of the hidden states that predict the response
+    tokens, ``[M]`` when ``flat`` (token-mean; ``advantages`` then ``[M]`` too) else
+    ``[m, R]`` (padding positions point at 0 and are masked out)."""
+    sequences, index_rows = [], []
+    start = 0
+    for i in rows:
+        prompt, response = batch.prompt_ids[i], batch.response_ids[i]
+        if not prompt:
+            raise ValueError(f"update batch row {i}: empty prompt (no hidden state predicts its first response token)")
+        if response:
+            sequences.append(prompt + response[:-1])
+            first = start + len(prompt) - 1  # the prompt's last token predicts response token 0
+            index_rows.append(list(range(first, first + len(response))))
+            start += len(sequences[-1])
+        else:
+            index_rows.append([])
+    behaviour = _behaviour(batch)
+    out: dict[str, torch.Tensor | int] = {}
+    if sequences:
+        ids, positions, cu = pack_sequences(sequences)
+        out.update(input_ids=ids.to(device), position_ids=positions.to(device), cu_seqlens=cu.to(device))
+    adv = [batch.advantages[i] for i in rows]
+    if flat:
+        out["index"] = torch.tensor([j for r in index_rows for j in r], dtype=torch.long, device=device)
+        out["targets"] = torch.tensor([t for i in rows for t in batch.response_ids[i]], dtype=torch.long, device=device)
+        out["old_logprobs"] = torch.tensor([x for i in rows for x in batch.old_logprobs[i]], dtype=torch.float32, device=device)
+        out["behaviour_logprobs"] = torch.tensor([x for i in rows for x in behaviour[i]], dtype=torch.float32, device=device)
+        out["mask"] = torch.ones(out["targets"].shape, dtype=torch.float32, device=device)
+        out["advantages"] = torch.tensor(
+            [a for a, r in zip(adv, index_rows) for _ in r], dtype=torch.float32, device=device
+        )
+        return out
+    index, _ = right_pad(index_rows, 0)
+    response_ids, response_mask = right_pad([batch.response_ids[i] for i in rows], 0)
+    old, _ = right_pad([batch.old_logprobs[i] for i in rows], 0.0, dtype=torch.float32)
+    behaviour_rows, _ = right_pad([behaviour[i] for i in rows], 0.0, dtype=torch.float32)
+    out.update(
+        index=index.to(device),
+        targets=response_ids.to(device),
+        old_logprobs=old.to(device),
+        behaviour_logprobs=behaviour_rows.to(device),
+        mask=response_mask.to(device=device, dtype=torch.float32),
+        advantages=torch.tensor(adv, dtype=torch.float32, device=device),
+    )
+    return out
+
+
+def _micro_batches(batch: UpdateBatch, rows: list[int], size: int, tokens: int | None) -> list[list[int]]:
+    """Consecutive micro-batches of ``rows``: at most ``size`` sequences and, when ``tokens``
+    is set, at most ``tokens`` prompt + response tokens (a longer sequence runs alone)."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for i in rows:
+        n = len(batch.prompt_ids[i]) + len(batch.response_ids[i])
+        if current and (len(current) >= size or (tokens is not None and used + n > tokens)):
+            out.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += n
+    if current:
+        out.append(current)
+    return out
 
 
 def _split(rows: list[int], parts: int) -> list[list[int]]:
@@ -145,9 +236,16 @@ class ActorUpdater:
         horizon: ``seq-mean-token-sum-norm`` constant (``rollout.max_new_tokens``).
         ref_engine: frozen reference policy, needed when ``loss.kl_coef > 0``.
 
+    ``optim.packing`` (``auto`` when ``optim`` has no such field) picks the packed or the
+    padded micro-batch layout (module docstring); ``self.packed`` says which. Micro-batches
+    hold ``optim.micro_batch_size`` sequences, fewer where ``optim.micro_batch_tokens``
+    (prompt + response tokens) would be passed.
+
     Raises:
         ValueError: a non-finite ``optim.lr``, ``optim.eps``, ``optim.weight_decay``,
-            ``optim.betas`` or ``optim.grad_clip`` (every step would be skipped).
+            ``optim.betas`` or ``optim.grad_clip`` (every step would be skipped);
+            ``optim.packing`` not in :data:`PACKING_MODES`, or ``on`` for a model that
+            cannot run packed.
     """
 
     def __init__(self, engine: Engine, loss, optim, *, temperature: float, horizon: int, ref_engine: Engine | None = None):
@@ -165,6 +263,15 @@ class ActorUpdater:
                 raise ValueError(f"optim.{name}: must be a finite number, got {value}")
         if not all(math.isfinite(b) for b in optim.betas):
             raise ValueError(f"optim.betas: must be finite numbers, got {list(optim.betas)}")
+        mode = getattr(optim, "packing", "auto")
+        if mode not in PACKING_MODES:
+            raise ValueError(f"optim.packing: expected one of {list(PACKING_MODES)}, got {mode!r}")
+        models = [engine.model] + ([ref_engine.model] if loss.kl_coef > 0 else [])
+        why_not = next((r for r in map(packing_unsupported, models) if r is not None), None)
+        if mode == "on" and why_not is not None:
+            raise ValueError(f"optim.packing: 'on' but {why_not}")
+        #: whether micro-batches run packed (padding-free) rather than padded
+        self.packed = mode == "on" or (mode == "auto" and why_not is None)
         #: the model's trainable parameters (the ones the loss differentiates)
         self.params = [p for p in engine.model.parameters() if p.requires_grad]
         #: fp32 copies of the non-fp32 parameters (None for an fp32 model); the optimizer's params
@@ -206,6 +313,18 @@ class ActorUpdater:
 
     # ---- loss ------------------------------------------------------------------------
 
+    def _collate(self, batch: UpdateBatch, rows: list[int], pad_id: int, device: torch.device) -> dict:
+        if self.packed:
+            # flat [M] tokens for token-mean, unless a response-level importance weight needs rows
+            c = self.loss_cfg
+            flat = c.loss_agg == "token-mean" and not (c.proximal == "recompute" and c.is_mode.startswith("sequence"))
+            return _collate_packed(batch, rows, device, flat=flat)
+        return _collate(batch, rows, pad_id, device)
+
+    def _micro_batches(self, batch: UpdateBatch, rows: list[int]) -> list[list[int]]:
+        o = self.optim_cfg
+        return _micro_batches(batch, rows, o.micro_batch_size, getattr(o, "micro_batch_tokens", None))
+
     def _agg_norm(self, batch: UpdateBatch, rows: list[int]) -> float:
         """The loss's normaliser for ``rows``: additive over row sets (ranks sum it), except
         token-sum's, which is 1 whatever the rows (so ranks do not sum it)."""
@@ -215,17 +334,28 @@ class ActorUpdater:
             return float(sum(len(batch.response_ids[i]) for i in rows))
         return float(sum(1 for i in rows if batch.response_ids[i]))
 
+    def _response_hidden(self, engine: Engine, mb: dict) -> torch.Tensor:
+        """Hidden states that predict the response tokens: ``[m, R, H]`` (padded layout,
+        packed seq-mean) or ``[M, H]`` (packed token-mean)."""
+        if "index" not in mb:
+            P = mb["prompt_width"]
+            R = mb["targets"].shape[1]
+            return engine.hidden_states(mb["input_ids"], mb["attention_mask"])[:, P - 1 : P - 1 + R]
+        weight = engine.output_projection()[0]
+        if "input_ids" not in mb:  # every response of the micro-batch is empty
+            return weight.new_zeros((*mb["index"].shape, weight.shape[1]))
+        packed = packed_hidden_states(engine.model, mb["input_ids"], mb["position_ids"], mb["cu_seqlens"])[0]
+        return packed[mb["index"]]
+
     def _micro_loss(self, mb: dict, agg_norm: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         engine = self.engine
-        P = mb["prompt_width"]
-        R = mb["targets"].shape[1]
-        hidden = engine.hidden_states(mb["input_ids"], mb["attention_mask"])[:, P - 1 : P - 1 + R]
+        hidden = self._response_hidden(engine, mb)
         weight, bias = engine.output_projection()
         ref = None
         c = self.loss_cfg
         if c.kl_coef > 0:
             with torch.no_grad():
-                ref_hidden = self.ref_engine.hidden_states(mb["input_ids"], mb["attention_mask"])[:, P - 1 : P - 1 + R]
+                ref_hidden = self._response_hidden(self.ref_engine, mb)
                 ref_w, ref_b = self.ref_engine.output_projection()
                 ref = fused_linear_logprobs(ref_hidden, ref_w, mb["targets"], bias=ref_b, temperature=self.temperature)
         return fused_linear_grpo_loss(
@@ -275,20 +405,21 @@ class ActorUpdater:
         micro-batch, become ``old_logprobs``; the engine's stay ``behaviour_logprobs``."""
         if self.loss_cfg.proximal != "recompute" or len(batch) == 0:
             return batch
-        rows = self._my_rows(list(range(len(batch))))
         old = [list(lp) for lp in batch.old_logprobs]
+        weight, bias = self.engine.output_projection()
         with torch.no_grad():
-            for start in range(0, len(rows), self.optim_cfg.micro_batch_size):
-                chunk = rows[start : start + self.optim_cfg.micro_batch_size]
-                mb = _collate(batch, chunk, pad, device)
-                P, R = mb["prompt_width"], mb["targets"].shape[1]
-                hidden = self.engine.hidden_states(mb["input_ids"], mb["attention_mask"])[:, P - 1 : P - 1 + R]
-                weight, bias = self.engine.output_projection()
-                lp = fused_linear_logprobs(hidden, weight, mb["targets"], bias=bias, temperature=self.temperature)
-                for j, i in enumerate(chunk):
-                    old[i] = lp[j, : len(batch.response_ids[i])].tolist()
-        behaviour = batch.behaviour_logprobs if len(batch.behaviour_logprobs) == len(batch) else batch.old_logprobs
-        return dataclasses.replace(batch, old_logprobs=old, behaviour_logprobs=[list(b) for b in behaviour])
+            for chunk in self._micro_batches(batch, self._my_rows(list(range(len(batch))))):
+                mb = self._collate(batch, chunk, pad, device)
+                lp = fused_linear_logprobs(self._response_hidden(self.engine, mb), weight, mb["targets"], bias=bias,
+                                           temperature=self.temperature)
+                lengths = [len(batch.response_ids[i]) for i in chunk]
+                if lp.dim() == 1:  # packed token-mean: the micro-batch's response tokens end to end
+                    per_row = torch.split(lp, lengths)
+                else:
+                    per_row = [lp[j, :n] for j, n in enumerate(lengths)]
+                for i, values in zip(chunk, per_row):
+                    old[i] = values.tolist()
+        return dataclasses.replace(batch, old_logprobs=old, behaviour_logprobs=[list(b) for b in _behaviour(batch)])
 
     def _lr(self) -> float:
         warm = self.optim_cfg.warmup_steps
@@ -427,9 +558,8 @@ class ActorUpdater:
                 self._zero_grad()
                 total = 0.0
                 mini_agg: dict[str, float] = {}
-                for start in range(0, len(mine), o.micro_batch_size):
-                    rows = mine[start : start + o.micro_batch_size]
-                    mb = _collate(batch, rows, pad, device)
+                for rows in self._micro_batches(batch, mine):
+                    mb = self._collate(batch, rows, pad, device)
                     loss, metrics = self._micro_loss(mb, norm)
                     loss.backward()
                     total += float(loss.detach())
@@ -460,6 +590,8 @@ class ActorUpdater:
         sums = dict(zip(_TOKEN_METRICS, token_sums))
         for k in _TOKEN_METRICS:
             out[k] = sums[k] / tokens if tokens else None
+        if self.loss_cfg.proximal != "recompute":  # no importance correction, no is_* metrics
+            out["is_weight_mean"] = out["is_clipped_frac"] = None
         for k in _AGG_METRICS:
             out[k] = sum(agg[k]) / len(agg[k]) if agg[k] else None
         out["loss"] = sum(losses) / len(losses)
@@ -478,7 +610,7 @@ class ActorUpdater:
         rows = list(range(len(batch)))
         norm = self._agg_norm(batch, rows)
         total = 0.0
-        for start in range(0, len(rows), self.optim_cfg.micro_batch_size):
-            mb = _collate(batch, rows[start : start + self.optim_cfg.micro_batch_size], self.engine.tokenizer.pad_token_id, device)
+        for micro in self._micro_batches(batch, rows):
+            mb = self._collate(batch, micro, self.engine.tokenizer.pad_token_id, device)
             total += float(self._micro_loss(mb, norm)[0])
         return total
