@@ -738,6 +738,7 @@ def _validate_distributed(cfg: TrainConfig) -> None:
         "keeps run-wide state (rlpr's std filter and debias cache), run it with distributed.backend=none",
     )
     _check(cfg.pipeline.eta == 0, "pipeline.eta", f"distributed.backend=ray samples on-policy (eta = 0), got {cfg.pipeline.eta}")
+    _check(cfg.guard.every == 0, "guard.every", "the drift guard runs in one process: not with distributed.backend=ray")
 
 
 def server_url_problem(url: object) -> str | None:

@@ -26,6 +26,7 @@ from rubricrl.distributed.engines import EngineFleet
 from rubricrl.distributed.errors import DistributedError, TrainerRankError
 from rubricrl.distributed.ranks import RankDied, RankGroup
 from rubricrl.pipeline import PromptSchedule, RewardOutput, RolloutBatch, make_reward_source
+from rubricrl.trainer.drift import DriftGuard
 from rubricrl.trainer.metrics import MetricsLog
 from rubricrl.trainer.trainer import Trainer, seed_everything
 from rubricrl.trainer.update import UpdateBatch
@@ -70,6 +71,9 @@ class _RayPipeline:
 
     def pending(self, step: int) -> list[RolloutBatch]:
         return []
+
+    def unpause(self) -> None:
+        """Nothing to resume after ``pending`` (the pipelines' protocol)."""
 
     def close(self) -> None:
         pass
@@ -175,6 +179,7 @@ class RayTrainer(Trainer):
         source = make_reward_source(config.reward.source, config)
         self.schedule = PromptSchedule(source.pools(), config.data.prompts_per_step, seed=tr.seed, shuffle=config.data.shuffle)
         self.reward = _WorkerGradedReward(source, self)
+        self.guard = DriftGuard(config, source)  # off: the config refuses guard.every > 0 on Ray
         self.rollout = None
         self.out_dir = self.run_dir.path
         self.metrics_log = MetricsLog(self.out_dir / "metrics.jsonl")

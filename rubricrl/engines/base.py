@@ -35,6 +35,7 @@ __all__ = [
     "Engine",
     "Prompt",
     "Sample",
+    "ServedEngine",
     "VerdictOptions",
     "VerdictRequest",
     "check_sampling_args",
@@ -363,3 +364,39 @@ def check_sampling_args(n: object, max_new_tokens: object, temperature: object, 
 def _check_int(value: object, name: str, *, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+class ServedEngine(Engine):
+    """An engine whose sampling and grading run on a serving copy (vLLM, SGLang) while the
+    trainer's model lives in an :class:`~rubricrl.engines.hf.HFEngine` (``self._trainer``);
+    ``self._stop_ids`` holds the stop-token ids. Identity comes from the trainer's engine."""
+
+    _trainer: Engine
+    _stop_ids: list[int]
+
+    @property
+    def model(self) -> PreTrainedModel:
+        """The trainer's model; after updating it in place call ``bump_version()`` (syncs the serving copy)."""
+        return self._trainer.model
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._trainer.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self._trainer.device
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        return list(self._stop_ids)
+
+    # forward passes run on the trainer's model
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The trainer's model: see ``HFEngine.hidden_states``."""
+        return self._trainer.hidden_states(input_ids, attention_mask)
+
+    def output_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The trainer's LM head: see ``HFEngine.output_projection``."""
+        return self._trainer.output_projection()

@@ -75,7 +75,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rubricrl.config import server_url_problem
-from rubricrl.engines.base import Engine, Prompt, Sample, VerdictOptions, VerdictRequest, check_sampling_args
+from rubricrl.engines.base import Engine, Prompt, Sample, ServedEngine, VerdictOptions, VerdictRequest, check_sampling_args
 from rubricrl.engines.hf import HFEngine
 from rubricrl.engines.prompts import encode_prompts
 from rubricrl.engines.scoring import verdicts_from_logprobs
@@ -368,7 +368,7 @@ def parse_verdicts(body: Any, n: int, verdict_ids: Sequence[int], *, version: in
 # ---------------------------------------------------------------------------- the engine
 
 
-class SGLangEngine(Engine):
+class SGLangEngine(ServedEngine):
     """Engine whose rollout and grading run on an SGLang server at ``url``.
 
     Args:
@@ -427,23 +427,6 @@ class SGLangEngine(Engine):
                 raise SGLangStartError(str(err)) from None
 
     # ---- identity and weights -----------------------------------------------------------
-
-    @property
-    def model(self) -> PreTrainedModel:
-        """The trainer's model; after updating it in place call ``bump_version()`` (syncs the server)."""
-        return self._trainer.model
-
-    @property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        return self._trainer.tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return self._trainer.device
-
-    @property
-    def stop_token_ids(self) -> list[int]:
-        return list(self._stop_ids)
 
     @property
     def client(self) -> SGLangClient:
@@ -570,16 +553,6 @@ class SGLangEngine(Engine):
             for prompt, g, lp in zip(rows, generated, logprobs)
         ]
         return [flat[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
-
-    # ---- forward passes (the trainer's model) -----------------------------------------------
-
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The trainer's model: see ``HFEngine.hidden_states``."""
-        return self._trainer.hidden_states(input_ids, attention_mask)
-
-    def output_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The trainer's LM head: see ``HFEngine.output_projection``."""
-        return self._trainer.output_projection()
 
     # ---- grading ----------------------------------------------------------------------------
 

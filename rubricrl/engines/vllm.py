@@ -76,6 +76,7 @@ from rubricrl.engines.base import (
     Engine,
     Prompt,
     Sample,
+    ServedEngine,
     VerdictOptions,
     VerdictRequest,
     check_sampling_args,
@@ -114,7 +115,7 @@ def vllm_available() -> str | None:
     return None
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(ServedEngine):
     """Engine whose rollout and grading run on an in-process vLLM ``LLM``.
 
     Args:
@@ -185,23 +186,6 @@ class VLLMEngine(Engine):
         self.sync_on_update = True
 
     # ---- identity and weights -----------------------------------------------------------
-
-    @property
-    def model(self) -> PreTrainedModel:
-        """The trainer's model; after updating it in place call ``bump_version()`` (syncs vLLM)."""
-        return self._trainer.model
-
-    @property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        return self._trainer.tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return self._trainer.device
-
-    @property
-    def stop_token_ids(self) -> list[int]:
-        return list(self._stop_ids)
 
     @property
     def llm(self) -> Any:
@@ -400,16 +384,6 @@ class VLLMEngine(Engine):
             )
             for prompt, resp, done, lp in zip(rows, responses, finished, logprobs)
         ]
-
-    # ---- forward passes (the trainer's model) -----------------------------------------------
-
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The trainer's model: see ``HFEngine.hidden_states``."""
-        return self._trainer.hidden_states(input_ids, attention_mask)
-
-    def output_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The trainer's LM head: see ``HFEngine.output_projection``."""
-        return self._trainer.output_projection()
 
     # ---- grading ----------------------------------------------------------------------------
 
