@@ -228,7 +228,10 @@ def test_a_training_step_on_vllm_equals_one_on_hf_given_the_same_samples(engines
     runs = {}
     for name, engine in (("vllm", vllm_engine), ("hf", hf_engine)):
         # one run directory each: a directory belongs to one run (its lock)
-        cfg = tiny_config(tmp_path / name, trainer={"steps": 1}, rollout={"n": 3, "max_new_tokens": 12})
+        cfg = tiny_config(tmp_path / name, trainer={"steps": 1}, rollout={"n": 3, "max_new_tokens": 12},
+                          # Adam's eps 1e-3: with the default a weight whose gradient is ~0 moves by
+                          # ~lr whichever way the rewards' 1e-5 differences tip it
+                          optim={"lr": 1e-3, "micro_batch_size": 4, "weight_decay": 0.0, "eps": 1e-3})
         runs[name] = Trainer(cfg, engine=engine)
     batch = runs["vllm"].rollout(vllm_engine, 1)
     assert batch.policy_version == vllm_engine.policy_version
@@ -317,5 +320,6 @@ def test_config_engine_section():
     assert (cfg.engine.backend, cfg.engine.kv_cache_mb) == ("vllm", 64)
     with pytest.raises(ConfigError, match="engine.backend"):
         load_config(None, ["engine.backend=sglang"])
-    with pytest.raises(ConfigError, match="pipeline.overlap"):
-        load_config(None, ["engine.backend=vllm", "pipeline.eta=1"])
+    with pytest.raises(ConfigError, match="pipeline.overlap"):  # a producer thread: batch mode
+        load_config(None, ["engine.backend=vllm", "pipeline.eta=1", "pipeline.mode=batch"])
+    load_config(None, ["engine.backend=vllm", "pipeline.eta=1"])  # streaming (the default at eta >= 1)
