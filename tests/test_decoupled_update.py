@@ -56,3 +56,17 @@ def test_recompute_sees_the_staleness_of_the_stream(tmp_path):
         assert math.isfinite(r["is_weight_mean"]) and abs(r["is_weight_mean"] - 1.0) > 1e-5
     stale_base = [r for r in base if r["staleness"] == 1]
     assert any(abs(r["approx_kl"]) > 1e-6 for r in stale_base)  # old = behaviour: the staleness shows here
+
+
+@pytest.mark.parametrize("policy_loss", ["vanilla", "gspo", "gspo_token", "cispo", "sapo"])
+def test_every_policy_loss_trains_packed_and_padded(tmp_path, policy_loss):
+    """The trainer runs each policy loss in both layouts (GSPO's response-level ratio needs
+    rows, so packed token-mean keeps rows for it) and the two layouts agree."""
+    loss = {"policy_loss": policy_loss, "proximal": "recompute", "is_mode": "sequence_truncate"}
+    runs = {}
+    for packing in ("on", "off"):
+        optim = {"lr": 1e-3, "micro_batch_size": 4, "weight_decay": 0.0, "eps": 1e-3, "packing": packing}
+        runs[packing], _ = _run(tmp_path, f"{policy_loss}-{packing}", loss=loss, optim=optim)
+    for a, b in zip(runs["on"], runs["off"]):
+        assert math.isfinite(a["loss"]) and a["is_weight_mean"] is not None
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-6)

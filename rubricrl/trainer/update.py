@@ -59,6 +59,7 @@ from rubricrl.engines import Engine
 from rubricrl.engines.padding import left_pad, right_pad
 from rubricrl.models.packing import pack_sequences, packed_hidden_states, packing_unsupported
 from rubricrl.ops import fused_linear_grpo_loss, fused_linear_logprobs
+from rubricrl.ops.constants import SEQUENCE_POLICY_LOSSES
 
 __all__ = ["PACKING_MODES", "ActorUpdater", "NonFiniteUpdateError", "UpdateBatch"]
 
@@ -315,9 +316,12 @@ class ActorUpdater:
 
     def _collate(self, batch: UpdateBatch, rows: list[int], pad_id: int, device: torch.device) -> dict:
         if self.packed:
-            # flat [M] tokens for token-mean, unless a response-level importance weight needs rows
+            # flat [M] tokens for token-mean, unless the policy loss (GSPO) or the importance
+            # weight is per response, which needs rows
             c = self.loss_cfg
-            flat = c.loss_agg == "token-mean" and not (c.proximal == "recompute" and c.is_mode.startswith("sequence"))
+            per_response = c.policy_loss in SEQUENCE_POLICY_LOSSES or (
+                c.proximal == "recompute" and c.is_mode.startswith("sequence"))
+            flat = c.loss_agg == "token-mean" and not per_response
             return _collate_packed(batch, rows, device, flat=flat)
         return _collate(batch, rows, pad_id, device)
 
