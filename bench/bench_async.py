@@ -62,7 +62,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_VLLM_PYTHON = "/work/wt/vllm-venv/bin/python"
+DEFAULT_VLLM_PYTHON = sys.executable  # the project's environment has vLLM after make test
 
 
 def length_cap(prompt_id: str, hi: int) -> int:
