@@ -373,6 +373,17 @@ class ServedEngine(Engine):
 
     _trainer: Engine
     _stop_ids: list[int]
+    _closed: bool  # set by close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"this {type(self).__name__} is closed")
+
+    def __enter__(self) -> ServedEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def model(self) -> PreTrainedModel:

@@ -600,16 +600,6 @@ class SGLangEngine(ServedEngine):
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("this SGLangEngine is closed")
-
-    def __enter__(self) -> SGLangEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def _check_temperature(temperature: float) -> None:
     if temperature < SGLANG_GREEDY_BELOW:

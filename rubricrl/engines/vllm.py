@@ -443,15 +443,6 @@ class VLLMEngine(ServedEngine):
         self._llm = None
         self._dir.cleanup()
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("this VLLMEngine is closed")
-
-    def __enter__(self) -> VLLMEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _check_version_order(version: int, served: int) -> None:
