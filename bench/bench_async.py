@@ -31,8 +31,12 @@ items, 2k-token prompts, responses up to 6k tokens, 8 GPUs) for sync, async
 (disaggregated, like AReaL / verl fully-async) and async-colocated (rubricrl); see
 ``simulate``.
 
-Threads. ``--threads`` is the torch thread count of every stage (default 2, the cores of
-the reference machine). On an oversubscribed machine use ``--threads 1``: with 2 OpenMP
+Threads. ``--threads`` is the process's torch thread count (default 2, the cores of the
+reference machine). The synchronous trainer runs every stage on all of them; the
+streaming pipeline splits them between the rollout and the learner (grading and updates
+taking turns): ``pipeline.rollout_threads`` (``--rollout-threads``, 0 = half, rounded up)
+and the rest, so 2 threads are 1 + 1. ``--behaviour-version`` is the streaming runs'
+``pipeline.behaviour_version`` (default ``newest``). On an oversubscribed machine use ``--threads 1``: with 2 OpenMP
 threads every op waits for both threads to be scheduled (measured on a 2-core machine at
 load average ~20: a tiny-model forward took 3.7 s with 2 threads vs 0.22 s with 1), which
 slows the single-threaded synchronous trainer far more than the streaming one. Note also
@@ -81,6 +85,7 @@ def run_variant(engine: str, eta: int, args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     from rubricrl.config import config_from_dict
+    from rubricrl.pipeline.stream import stage_threads
     from rubricrl.trainer import Trainer
 
     load_before = os.getloadavg()
@@ -93,7 +98,8 @@ def run_variant(engine: str, eta: int, args: argparse.Namespace) -> dict:
             "rollout": {"n": 4, "max_new_tokens": args.max_new_tokens},
             "reward": {"judge": "logprob"},
             "optim": {"lr": 1e-4, "micro_batch_size": 8, "weight_decay": 0.0},
-            "pipeline": {"eta": eta, "stream_groups": args.stream_groups},
+            "pipeline": {"eta": eta, "stream_groups": args.stream_groups, "behaviour_version": args.behaviour_version,
+                         "rollout_threads": args.rollout_threads},
             "trainer": {"steps": args.steps, "out_dir": str(out), "progress": False, "plot": False,
                         "save_final": False, "checkpoint_every": 0, "log_every": 10_000},
         }
@@ -140,6 +146,12 @@ def run_variant(engine: str, eta: int, args: argparse.Namespace) -> dict:
         "grading_share": grading / busy if busy else None,
         "trainer_wait_s": sum(r["wait_s"] for r in timed),
         "staleness": [r["staleness"] for r in records],
+        "staleness_mean": sum(r["staleness_mean"] or 0.0 for r in timed) / len(timed),
+        "graded_groups": counts.get("graded_groups"),
+        "rollout_graded_groups": counts.get("rollout_graded_groups"),
+        "rollout_wait_s": counts.get("rollout_wait_s"),
+        "grading_wait_s": counts.get("grading_wait_s"),
+        "stage_threads": list(stage_threads(args.threads, args.rollout_threads)) if counts else [args.threads],
         "stale_dropped_groups": sum(r["stale_dropped_groups"] for r in records),
         "trained_responses": sum(r["trained_responses"] for r in timed),
         "threads": torch.get_num_threads(),
@@ -382,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=6, help="prompts per step (the builtin set has 6 with >= 11 items)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--stream-groups", type=int, default=1)
+    p.add_argument("--rollout-threads", type=int, default=0, help="pipeline.rollout_threads of the streaming runs (0: auto)")
+    p.add_argument("--behaviour-version", default="newest", choices=["newest", "scheduled"], help="pipeline.behaviour_version of the streaming runs")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--vllm-python", default=DEFAULT_VLLM_PYTHON)
     p.add_argument("--resimulate", action="store_true", help="recompute the simulation of an existing results file (--out)")
@@ -410,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
     passthrough = ["--threads", str(args.threads), "--steps", str(args.steps), "--prompts", str(args.prompts),
-                   "--max-new-tokens", str(args.max_new_tokens), "--stream-groups", str(args.stream_groups)]  # fmt: skip
+                   "--max-new-tokens", str(args.max_new_tokens), "--stream-groups", str(args.stream_groups),
+                   "--behaviour-version", args.behaviour_version, "--rollout-threads", str(args.rollout_threads)]  # fmt: skip
     if args.quick:
         passthrough.append("--quick")
 
@@ -446,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     result = {
-        "setting": {k: getattr(args, k) for k in ("steps", "prompts", "max_new_tokens", "threads", "stream_groups", "etas")},
+        "setting": {k: getattr(args, k) for k in ("steps", "prompts", "max_new_tokens", "threads", "stream_groups", "behaviour_version", "rollout_threads", "etas")},
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
                         "machine": platform.machine(), "loadavg_end": os.getloadavg()},  # fmt: skip
         "skipped": skipped,
@@ -468,21 +483,29 @@ def main(argv: list[str] | None = None) -> int:
 def markdown(result: dict) -> str:
     s = result["setting"]
     lines = [
-        f"## Sync vs streaming async training (CPU, tiny model, {s['threads']} threads shared by all stages)",
+        f"## Sync vs streaming async training (CPU, tiny model, {s['threads']} torch threads)",
+        "",
+        f"Synchronous (eta = 0): every stage on all {s['threads']} threads. Streaming (eta >= 1, "
+        f"behaviour_version={s.get('behaviour_version', 'scheduled')}): rollout and learner (grading and updates, "
+        "taking turns) on their own share of the threads (rollout / learner: "
+        f"{'/'.join(map(str, next((r['stage_threads'] for r in result['rows'] if r['eta'] > 0 and 'stage_threads' in r), ['-'])))}); "
+        "'graded on rollout threads': groups the rollout graded while it waited for weights.",
         "",
         f"{s['prompts']} prompts x 4 responses per step, long-tailed caps up to {s['max_new_tokens']} new tokens, "
         f"{s['steps']} steps (step 1 not timed); load average per row (1 min) before -> after.",
         "",
         "| engine | eta | steps/s | x sync | tokens/s | mean len | rollout busy s | grading busy s | update busy s "
-        "| rollout idle s | grading idle s | update idle s | grading share | dropped | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| rollout idle s | grading idle s | update idle s | grading share | graded on rollout threads "
+        "| staleness mean | dropped | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['engine']} | {r['eta']} | {r['steps_per_s']:.3f} | {r['x_sync']:.2f} | {r['tokens_per_s']:.0f} | "
             f"{r['response_len_mean']:.0f} | {r['rollout_busy_s']:.1f} | {r['grading_busy_s']:.1f} | "
             f"{r['update_busy_s']:.1f} | {r['rollout_idle_s']:.1f} | {r['grading_idle_s']:.1f} | "
-            f"{r['update_idle_s']:.1f} | {r['grading_share']:.0%} | {r['stale_dropped_groups']} | "
+            f"{r['update_idle_s']:.1f} | {r['grading_share']:.0%} | {_stolen(r)} | {r['staleness_mean']:.2f} | "
+            f"{r['stale_dropped_groups']} | "
             f"{r['loadavg_before'][0]:.1f} -> {r['loadavg_after'][0]:.1f} |"
         )
     for engine, why in result["skipped"].items():
@@ -501,6 +524,13 @@ def markdown(result: dict) -> str:
         lines.append(f"\nSync grading share with the measured costs: {sim['measured_costs']['sync_grading_share']:.0%}. "
                      "AReaL reports 2.77x from asynchrony (disaggregated).")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _stolen(row: dict) -> str:
+    """Groups graded by the rollout thread while it waited for weights, of all graded."""
+    if not row.get("graded_groups"):
+        return "-"
+    return f"{row['rollout_graded_groups']}/{row['graded_groups']}"
 
 
 def plot(result: dict, path: Path) -> None:

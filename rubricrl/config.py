@@ -38,6 +38,9 @@ import yaml
 
 from rubricrl.ops.constants import IS_MODES, LOSS_AGG_MODES, POLICY_LOSSES
 
+#: ``pipeline.behaviour_version``: which weights sample a step in the streaming pipeline
+BEHAVIOUR_VERSIONS = ("newest", "scheduled")
+
 __all__ = [
     "AdvantageConfig",
     "ConfigError",
@@ -271,6 +274,13 @@ class PipelineConfig:
     mode: Literal["auto", "batch", "stream"] = "auto"
     # stream: groups per generate call on engines without continuous batching (HF)
     stream_groups: int = 1
+    # stream: the weights that sample a step, switched when the rollout is drained: newest
+    # (the newest published, every step they admit in one continuous batch) or scheduled
+    # (exactly version max(0, s - 1 - eta): reproducible, resumes bitwise)
+    behaviour_version: Literal[BEHAVIOUR_VERSIONS] = "newest"
+    # stream: torch threads of the rollout thread (0: half of the process's, rounded up);
+    # grading and updates take turns on the rest (at least 1)
+    rollout_threads: int = 0
     # batch mode: thread: sample ahead on a producer thread with a weight snapshot; inline:
     # same schedule, no overlap; auto: thread when eta > 0
     overlap: Literal["auto", "thread", "inline"] = "auto"
@@ -685,6 +695,7 @@ def _validate(cfg: TrainConfig) -> None:
     _check(bool(tr.out_dir), "trainer.out_dir", "must be a directory path")
     at_least("pipeline.eta", cfg.pipeline.eta, 0)
     at_least("pipeline.stream_groups", cfg.pipeline.stream_groups, 1)
+    at_least("pipeline.rollout_threads", cfg.pipeline.rollout_threads, 0)
     _validate_guard(cfg)
     _validate_distributed(cfg)
 

@@ -37,14 +37,16 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 BASE = TINY_CLI_SETS
 
-#: Two runs: eta 0 with a checkpoint every step, and eta 1 on the producer thread with a
-#: checkpoint every 2 steps (pending batches in the checkpoint; metrics cut back on resume).
+#: Two runs: eta 0 with a checkpoint every step, and eta 1 (the streaming pipeline, its
+#: reproducible ``scheduled`` versions) with a checkpoint every 2 steps (pending batches in
+#: the checkpoint; metrics cut back on resume).
 CONFIGS = {
     "sync": {"steps": 3, "every": 1, "args": ["--set", "trainer.seed=0"]},
     "eta1": {
         "steps": 4,
         "every": 2,
-        "args": ["--set", "trainer.seed=1", "--set", "pipeline.eta=1", "--set", "pipeline.overlap=thread"],
+        "args": ["--set", "trainer.seed=1", "--set", "pipeline.eta=1", "--set", "pipeline.overlap=thread",
+                 "--set", "pipeline.behaviour_version=scheduled"],
     },
 }
 CHILD_TIMEOUT_S = 300

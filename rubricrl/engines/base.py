@@ -5,6 +5,7 @@ only, so any engine (``HFEngine``, ``VLLMEngine``) can sample and grade:
 
 - ``generate``: sampling with behaviour log-probs (``Sample``); ``generate_stream``: the
   same, handing over each prompt's group of responses as soon as it is finished;
+  ``open_session``: batches submitted at any time, in flight together (``session.py``);
 - ``token_logprobs``: ``log_softmax(logits / T)`` of given response tokens (teacher-forced);
 - ``verdict_probs``: p(met) (and the verdict mass) of the token that follows each
   ``VerdictRequest`` (prefix + body + suffix), requests sharing prefixes; how the shared
@@ -25,10 +26,13 @@ import abc
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from rubricrl.engines.session import GenerationSession
 
 __all__ = [
     "ChatMessages",
@@ -216,31 +220,30 @@ class Engine(abc.ABC):
         groups_per_call: int = 1,
     ) -> Iterator[tuple[int, list[Sample]]]:
         """Sample ``n`` responses for every prompt and yield ``(prompt index, its n samples)``
-        as each group is finished, in finishing order.
+        as each group is finished, in finishing order: one batch on a session of its own
+        (:meth:`open_session`).
 
-        This default (an engine without continuous batching, e.g. ``HFEngine``) calls
-        ``generate`` on consecutive chunks of ``groups_per_call`` prompts, chunk ``c`` with
+        On an engine without continuous batching (``HFEngine``) that is ``generate`` on
+        consecutive chunks of ``groups_per_call`` prompts, chunk ``c`` with
         ``seed=chunk_seed(seed, c)`` and the chunk's caps, so a chunk stops at its own
         longest response instead of the whole batch's, and the result is a pure function of
         ``(prompts, n, caps, seed, groups_per_call)``. The samples carry the policy version
         of the weights at the start of their chunk.
         """
-        check_sampling_args(n, 1, temperature, top_p, seed)
-        if not isinstance(groups_per_call, int) or isinstance(groups_per_call, bool) or groups_per_call < 1:
-            raise ValueError(f"groups_per_call must be an int >= 1, got {groups_per_call!r}")
-        caps = per_prompt_caps(max_new_tokens, len(prompts))
-        for c, start in enumerate(range(0, len(prompts), groups_per_call)):
-            end = min(start + groups_per_call, len(prompts))
-            groups = self.generate(
-                list(prompts[start:end]),
-                n,
-                max_new_tokens=caps[start:end],
-                temperature=temperature,
-                top_p=top_p,
-                seed=None if seed is None else chunk_seed(seed, c),
-            )
-            for i, group in enumerate(groups):
-                yield start + i, group
+        with self.open_session(groups_per_call) as session:
+            session.submit(0, prompts, n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+            while session.in_flight():
+                for _, i, group in session.poll():
+                    yield i, group
+
+    def open_session(self, groups_per_call: int = 1) -> GenerationSession:
+        """A :class:`~rubricrl.engines.session.GenerationSession`: batches submitted at any
+        time, groups handed over as they finish. This default runs ``generate`` on chunks of
+        ``groups_per_call`` prompts; engines with a scheduler (vLLM) keep every submitted
+        request in one continuous batch."""
+        from rubricrl.engines.session import ChunkedSession
+
+        return ChunkedSession(self, groups_per_call)
 
     # ---- forward passes for trainers and judges ---------------------------------------
 

@@ -15,10 +15,11 @@ Two copies of the policy:
   verdicts) and its weight version set to the policy version; every sample and every
   judgment carries the policy version, and each call checks that vLLM serves that version.
 
-Streaming: ``generate_stream`` submits every request at once and steps vLLM's engine
-itself (``LLM.enqueue``, then ``llm_engine.step()``, what ``LLM.generate`` does inside),
-yielding each prompt's group as soon as its last response finishes (continuous batching:
-finished requests leave the batch, waiting ones join). For a pipeline whose rollout runs on
+Streaming: ``open_session`` (and ``generate_stream``, one batch on a session) submits
+requests with ``LLM.enqueue`` and steps vLLM's engine itself (``llm_engine.step()``, what
+``LLM.generate`` does inside), handing over each prompt's group as soon as its last
+response finishes (continuous batching: finished requests leave the batch, waiting ones
+join, and a batch submitted while another is running joins the same continuous batch). For a pipeline whose rollout runs on
 its own thread, ``sync_on_update = False`` stops ``bump_version`` from pushing weights
 (the trainer thread must not touch vLLM while the rollout thread steps it); the rollout
 thread then pushes a published copy with ``serve_weights`` between requests, and samples
@@ -66,7 +67,8 @@ import contextlib
 import os
 import random
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -84,6 +86,7 @@ from rubricrl.engines.base import (
 )
 from rubricrl.engines.hf import HFEngine
 from rubricrl.engines.prompts import encode_prompts
+from rubricrl.engines.session import FinishedGroup, GenerationSession, check_groups_per_call
 from rubricrl.engines.scoring import verdicts_from_logprobs
 
 __all__ = ["DEFAULT_KV_CACHE_BYTES", "VLLMEngine", "vllm_available"]
@@ -269,52 +272,13 @@ class VLLMEngine(ServedEngine):
         flat = self._samples(rows, [out.outputs[0] for out in outputs], temperature, top_p, version)
         return [flat[i * n : (i + 1) * n] for i in range(len(rows) // n)]
 
-    def generate_stream(
-        self,
-        prompts: Sequence[Prompt],
-        n: int,
-        *,
-        max_new_tokens: int | Sequence[int],
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        groups_per_call: int = 1,
-    ) -> Iterator[tuple[int, list[Sample]]]:
-        """``generate``'s requests (same seeds, so the same samples) submitted at once, each
-        prompt's group yielded as soon as its ``n`` responses are finished (continuous
-        batching). ``groups_per_call`` is ignored (vLLM schedules requests itself)."""
-        rows, params, version = self._requests(prompts, n, max_new_tokens, temperature, top_p, seed)
-        if not rows:
-            return
-        ids = self._llm.enqueue([{"prompt_token_ids": r} for r in rows], params, use_tqdm=False)
-        # enqueue returns vLLM's internal ids ("<external>-<8 random chars>", unless vLLM's id
-        # randomisation is off); outputs carry the external ones
-        row_of = {str(rid): k for k, rid in enumerate(ids)}
-        row_of.update({str(rid).rsplit("-", 1)[0]: k for k, rid in enumerate(ids)})
-        internal = [str(rid) for rid in ids]
-        done: dict[int, Any] = {}
-        left = [n] * (len(rows) // n)
-        engine = self._llm.llm_engine
-        finished: set[int] = set()
-        try:
-            while engine.has_unfinished_requests():
-                for out in engine.step():
-                    if not out.finished:
-                        continue
-                    k = row_of[str(out.request_id)]
-                    finished.add(k)
-                    done[k] = out.outputs[0]
-                    i = k // n
-                    left[i] -= 1
-                    if left[i] == 0:
-                        group = list(range(i * n, (i + 1) * n))
-                        yield i, self._samples([rows[j] for j in group], [done.pop(j) for j in group], temperature, top_p, version)
-        finally:
-            unfinished = [rid for k, rid in enumerate(internal) if k not in finished]
-            if unfinished:  # the caller stopped early (or failed): nothing may stay queued in vLLM
-                engine.abort_request(unfinished, internal=True)
-        if any(left):
-            raise RuntimeError(f"vLLM stopped with {sum(left)} responses unfinished")
+    def open_session(self, groups_per_call: int = 1) -> GenerationSession:
+        """A session whose requests all join vLLM's continuous batch as soon as they are
+        submitted, each prompt's group handed over once its ``n`` responses are finished
+        (``groups_per_call`` is checked and ignored: vLLM schedules requests itself). Same
+        requests and seeds as ``generate``, so a batch alone gives ``generate``'s samples."""
+        check_groups_per_call(groups_per_call)
+        return _VLLMSession(self)
 
     def _requests(
         self, prompts: Sequence[Prompt], n: int, max_new_tokens: object, temperature: float, top_p: float, seed: int | None
@@ -443,6 +407,92 @@ class VLLMEngine(ServedEngine):
         self._llm = None
         self._dir.cleanup()
 
+
+
+class _VLLMSession(GenerationSession):
+    """``VLLMEngine.open_session``: ``LLM.enqueue`` on submit, ``llm_engine.step()`` per poll."""
+
+    def __init__(self, engine: VLLMEngine) -> None:
+        self.engine = engine
+        self._row_of: dict[str, tuple[Hashable, int]] = {}  # vLLM request id -> (key, row)
+        self._batches: dict[Hashable, _Batch] = {}
+        self._unfinished: dict[tuple[Hashable, int], str] = {}  # (key, row) -> vLLM's internal id
+
+    def submit(
+        self,
+        key: Hashable,
+        prompts: Sequence[Prompt],
+        n: int,
+        *,
+        max_new_tokens: int | Sequence[int],
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        rows, params, version = self.engine._requests(prompts, n, max_new_tokens, temperature, top_p, seed)
+        if key in self._batches:
+            raise ValueError(f"batch {key!r} is already in flight")
+        if not rows:
+            return
+        self._batches[key] = _Batch(rows, n, temperature, top_p, version, [n] * (len(rows) // n))
+        ids = self.engine.llm.enqueue([{"prompt_token_ids": r} for r in rows], params, use_tqdm=False)
+        # enqueue returns vLLM's internal ids ("<external>-<8 random chars>", unless vLLM's id
+        # randomisation is off); outputs carry the external ones
+        for k, rid in enumerate(ids):
+            self._row_of[str(rid)] = self._row_of[str(rid).rsplit("-", 1)[0]] = (key, k)
+            self._unfinished[key, k] = str(rid)
+
+    def poll(self) -> list[FinishedGroup]:
+        engine = self.engine.llm.llm_engine
+        finished: list[FinishedGroup] = []
+        if not engine.has_unfinished_requests():
+            if self._batches:
+                raise RuntimeError(f"vLLM stopped with {self.in_flight()} groups unfinished")
+            return finished
+        for out in engine.step():
+            if not out.finished:
+                continue
+            key, k = self._row_of[str(out.request_id)]
+            del self._unfinished[key, k]
+            batch = self._batches[key]
+            batch.done[k] = out.outputs[0]
+            i = k // batch.n
+            batch.left[i] -= 1
+            if batch.left[i] == 0:
+                group = range(i * batch.n, (i + 1) * batch.n)
+                samples = self.engine._samples(
+                    [batch.rows[j] for j in group], [batch.done.pop(j) for j in group], batch.temperature, batch.top_p, batch.version
+                )
+                finished.append((key, i, samples))
+                if not any(batch.left):
+                    del self._batches[key]
+        return finished
+
+    def in_flight(self) -> int:
+        return sum(sum(1 for left in b.left if left) for b in self._batches.values())
+
+    def close(self) -> None:
+        """Abort the unfinished requests: nothing may stay queued in vLLM."""
+        unfinished = list(self._unfinished.values())
+        self._unfinished.clear()
+        self._batches.clear()
+        self._row_of.clear()
+        if unfinished and not self.engine._closed:
+            self.engine.llm.llm_engine.abort_request(unfinished, internal=True)
+
+
+@dataclass
+class _Batch:
+    """A submitted batch of a ``_VLLMSession``: its rows, settings, served version and, per
+    prompt, the responses still running."""
+
+    rows: list[list[int]]
+    n: int
+    temperature: float
+    top_p: float
+    version: int
+    left: list[int]
+    done: dict[int, Any] = field(default_factory=dict)
 
 
 def _check_version_order(version: int, served: int) -> None:

@@ -207,6 +207,8 @@ class Trainer:
                 eta=p.eta,
                 last_step=last,
                 groups_per_call=p.stream_groups,
+                behaviour_version=p.behaviour_version,
+                rollout_threads=p.rollout_threads,
                 on_sampled=lambda step: faults.fault_point("rollout"),
                 rollout_engine=self._snapshot_factory(self.engine) if self._snapshot_factory is not None else None,
             )
