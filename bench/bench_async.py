@@ -1,13 +1,13 @@
 """Synchronous vs streaming asynchronous training, side by side, and a simulated projection.
 
-    python -m bench.bench_async                 # HF and vLLM engines, eta 0 / 1 / 2, then the simulation
+    python -m bench.bench_async                 # HF and vLLM engines, eta 0 / 1 / 2 / 4, then the simulation
     python -m bench.bench_async --quick         # a smoke run (seconds): short responses, 2 steps
     python -m bench.bench_async --engines hf --steps 6 --max-new-tokens 1024
 
-Measured (CPU, the embedded tiny model, ``--threads`` torch threads shared by every stage):
+Measured (CPU, the embedded tiny model, ``--threads`` torch threads, see "Threads"):
 ``--prompts`` builtin rubric prompts (>= 11 items each) x 4 responses per step, self-graded
 by the prefix-shared logprob judge, one AdamW update per step; ``pipeline.eta = 0`` (the
-synchronous trainer) against ``eta = 1`` and ``eta = 2`` (the streaming pipeline) on the
+synchronous trainer) against ``eta >= 1`` (``--etas``: the streaming pipeline) on the
 same cores. Each variant runs in a fresh process (the vLLM ones with ``--vllm-python``, one
 engine per process) with the same seed.
 
@@ -389,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: 2 prompts, 16 new tokens, 2 steps, HF only, in this process")
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: bench/results)")
     p.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
-    p.add_argument("--etas", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--etas", nargs="+", type=int, default=[0, 1, 2, 4])
+    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--prompts", type=int, default=6, help="prompts per step (the builtin set has 6 with >= 11 items)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--stream-groups", type=int, default=1)
