@@ -64,6 +64,8 @@ def test_wrong_types_name_the_key(tmp_path):
         "model.device=tpu": "model.device: expected auto, cpu, cuda or cuda:N",
         "optim.betas=[0.9]": "optim.betas: expected two numbers",
         "pipeline.overlap=yes": "pipeline.overlap: expected one of auto, thread, inline",
+        "pipeline.behaviour_version=latest": "pipeline.behaviour_version: expected one of newest, scheduled",
+        "pipeline.rollout_threads=-1": "pipeline.rollout_threads: must be >= 0, got -1",
     }
     for override, message in cases.items():
         with pytest.raises(ConfigError) as err:

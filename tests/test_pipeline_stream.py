@@ -16,7 +16,7 @@ import torch
 from rubricrl.engines import HFEngine
 from rubricrl.engines.base import chunk_seed
 from rubricrl.pipeline import GradedBatch, RewardOutput, StreamPipeline, behaviour_version_of, merge_rewards
-from rubricrl.pipeline.stream import reorder_groups
+from rubricrl.pipeline.stream import reorder_groups, stage_threads
 from rubricrl.trainer import Trainer
 from tests.test_trainer_e2e import _same_weights, _untimed, _weights
 from tests.test_trainer_helpers import StubJudge, tiny_config
@@ -266,6 +266,29 @@ def test_a_waiting_rollout_grades_while_the_trainer_updates(tmp_path, policy):
     assert pipe.counts["rollout_graded_groups"] == (2 if policy == "newest" else 0)
     assert step2.reward.scores == trainer.reward.score(trainer.engine, step2.batch).scores  # the stub: by text
     assert step2.reward.judge_version == 0
+
+
+def test_stage_threads_split_and_the_callers_count_is_restored(tmp_path):
+    assert stage_threads(2) == (1, 1) and stage_threads(1) == (1, 1) and stage_threads(5) == (3, 2)
+    assert stage_threads(4, rollout_threads=1) == (1, 3) and stage_threads(2, rollout_threads=2) == (2, 1)
+    seen = {}
+
+    class _Recording(StubJudge):
+        def grade(self, engine, requests):
+            seen.setdefault(threading.current_thread().name, torch.get_num_threads())
+            return super().grade(engine, requests)
+
+    torch.set_num_threads(3)
+    trainer = Trainer(tiny_config(tmp_path, trainer={"steps": 1}), judge=_Recording())
+    pipe = StreamPipeline(trainer.engine, trainer._rollout, trainer.reward, eta=1, last_step=1, behaviour_version="scheduled")
+    pipe.start(1)
+    assert torch.get_num_threads() == 1  # the caller's updates: the learner's share
+    pipe.get(1)
+    pipe.after_update(1)
+    pipe.close()
+    trainer.close()
+    assert torch.get_num_threads() == 3
+    assert seen == {"rubricrl-grading": 1}
 
 
 def test_merge_weights_means_by_groups_and_reorder_restores_group_order():
