@@ -85,7 +85,6 @@ def run_variant(engine: str, eta: int, args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     from rubricrl.config import config_from_dict
-    from rubricrl.pipeline.stream import stage_threads
     from rubricrl.trainer import Trainer
 
     load_before = os.getloadavg()
@@ -151,7 +150,7 @@ def run_variant(engine: str, eta: int, args: argparse.Namespace) -> dict:
         "rollout_graded_groups": counts.get("rollout_graded_groups"),
         "rollout_wait_s": counts.get("rollout_wait_s"),
         "grading_wait_s": counts.get("grading_wait_s"),
-        "stage_threads": list(stage_threads(args.threads, args.rollout_threads)) if counts else [args.threads],
+        "stage_threads": list(pipe.stage_thread_counts) if counts else [args.threads],
         "stale_dropped_groups": sum(r["stale_dropped_groups"] for r in records),
         "trained_responses": sum(r["trained_responses"] for r in timed),
         "threads": torch.get_num_threads(),

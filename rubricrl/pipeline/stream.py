@@ -21,8 +21,9 @@ Three threads share the machine's devices (the CPU cores, or one GPU):
 The devices are split in two: the rollout, and the *learner*, on which grading and updates
 take turns (from ``get`` to ``after_update`` the trainer has the turn; a grading unit under
 way finishes first). On the CPU the split is of torch's threads (``pipeline.rollout_threads``,
-default half of the caller's, rounded up; the learner gets the rest and the caller's thread
-count is set to it until ``close``): no more compute threads run than there are cores, so
+default half of the caller's, rounded up; the learner gets the rest, or as many as the
+rollout on an engine with ``equal_stage_threads`` (vLLM), and the caller's thread count is
+set to it until ``close``): no more compute threads run than there are cores, so
 the stages overlap instead of stealing cores from each other (three OpenMP teams on two
 cores slowed every stage 2-3x, measured). The rollout lends its threads to grading (with
 ``newest`` and a per-group reward source): while it waits for weights, and between two
@@ -331,6 +332,10 @@ class StreamPipeline:
         self._offset = max(0, self.engine.policy_version - (next_step - 1))
         self._caller_threads = torch.get_num_threads()
         rollout_threads, learner_threads = stage_threads(self._caller_threads, self.rollout_threads)
+        if getattr(self._rollout_engine, "equal_stage_threads", False):
+            learner_threads = rollout_threads  # see VLLMEngine.equal_stage_threads
+        #: torch threads of (the rollout, the learner) while the pipeline runs
+        self.stage_thread_counts = (rollout_threads, learner_threads)
         torch.set_num_threads(learner_threads)  # the caller's updates (restored by close)
         for name, target, threads in (
             ("rubricrl-rollout", self._rollout_loop, rollout_threads),
