@@ -23,7 +23,7 @@ def test_quick_bench_writes_results(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads((tmp_path / "async_quick.json").read_text())
     rows = {r["eta"]: r for r in result["rows"]}
-    assert sorted(rows) == [0, 1, 2]
+    assert sorted(rows) == [0, 1, 2, 4]
     for r in rows.values():
         assert r["steps_timed"] == 1 and r["generated_tokens"] > 0 and r["stale_dropped_groups"] == 0
         assert max(r["staleness"]) <= r["eta"] and r["threads"] == 1 and len(r["loadavg_before"]) == 3
