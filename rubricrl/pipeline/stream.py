@@ -276,8 +276,8 @@ class StreamPipeline:
         self._stop = False
         self._paused = False
         # who grades right now (one unit at a time, on the grader engine): "grading" (the
-        # grading thread, on the learner's threads), "rollout" (the rollout thread while it
-        # waits for weights, on its own threads) or None
+        # grading thread, on the learner's threads), "rollout" (the rollout thread lending
+        # its threads, see _lends) or None
         self._grader_user: str | None = None
         # per-step grading state, touched only by the thread holding the grader
         self._collected: dict[int, dict[int, tuple[list[Sample], float]]] = {}
