@@ -291,6 +291,22 @@ def test_stage_threads_split_and_the_callers_count_is_restored(tmp_path):
     assert seen == {"rubricrl-grading": 1}
 
 
+def test_a_whole_step_source_streams_under_newest(tmp_path):
+    """RLPR (its std filter looks at a whole step) under the default ``newest``: graded once
+    per step on the grading thread, never lent to the rollout, nothing lost."""
+    cfg = tiny_config(tmp_path, trainer={"steps": 4}, pipeline={"eta": 2}, reward={"source": "rlpr"})
+    trainer = Trainer(cfg)
+    assert not getattr(trainer.reward, "grades_per_group", False)
+    trainer.start()
+    pipe = trainer._pipeline
+    records = [trainer.step() for _ in range(4)]
+    trainer.close()
+    assert [r["responses"] for r in records] == [6] * 4 and all(r["stale_dropped_groups"] == 0 for r in records)
+    grading_calls = [e for e in pipe.events if e[1] == "grading"]
+    assert len(grading_calls) == 4 and pipe.counts["rollout_graded_groups"] == 0
+    assert pipe.counts["graded_groups"] == pipe.counts["sampled_groups"] == 8
+
+
 def test_merge_weights_means_by_groups_and_reorder_restores_group_order():
     a = RewardOutput([0.1, 0.2, 0.3, 0.4], 1, [True, False], {"failed_judgments": 1.0, "verdict_mass": 0.9})
     b = RewardOutput([0.5, 0.6], 1, None, {"failed_judgments": 2.0, "verdict_mass": 0.6})
