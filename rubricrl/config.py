@@ -267,7 +267,7 @@ class TrainerConfig:
 class PipelineConfig:
     """Asynchrony between rollout and grading/update (docs/algorithms.md §7)."""
 
-    eta: int = 0  # staleness bound: the batch of step s is sampled with the weights of version max(0, s - 1 - eta)
+    eta: int = 0  # staleness bound: step s is sampled with weights of version >= max(0, s - 1 - eta)
     # stream: rollout, grading and update on three threads, each group graded as soon as it is
     # sampled (rubricrl/pipeline/stream.py); batch: whole batches sampled ahead (overlap below);
     # auto: stream when eta >= 1, batch (the synchronous trainer) at eta = 0
