@@ -42,6 +42,7 @@ __all__ = [
     "ServedEngine",
     "VerdictOptions",
     "VerdictRequest",
+    "check_int",
     "check_sampling_args",
     "chunk_seed",
     "per_prompt_caps",
@@ -343,17 +344,17 @@ def per_prompt_caps(max_new_tokens: object, num_prompts: int) -> list[int]:
         if len(caps) != num_prompts:
             raise ValueError(f"max_new_tokens: {len(caps)} caps for {num_prompts} prompts")
         for i, cap in enumerate(caps):
-            _check_int(cap, f"max_new_tokens[{i}]", minimum=1)
+            check_int(cap, f"max_new_tokens[{i}]", minimum=1)
         return caps
-    _check_int(max_new_tokens, "max_new_tokens", minimum=1)
+    check_int(max_new_tokens, "max_new_tokens", minimum=1)
     return [max_new_tokens] * num_prompts  # type: ignore[list-item]
 
 
 def check_sampling_args(n: object, max_new_tokens: object, temperature: object, top_p: object, seed: object) -> None:
     """Raise ValueError naming the first bad argument of ``Engine.generate`` (``max_new_tokens``
     an int here; per-prompt caps are checked by :func:`per_prompt_caps`)."""
-    _check_int(n, "n", minimum=1)
-    _check_int(max_new_tokens, "max_new_tokens", minimum=1)
+    check_int(n, "n", minimum=1)
+    check_int(max_new_tokens, "max_new_tokens", minimum=1)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
         math.isfinite(temperature) and temperature > 0
     ):
@@ -361,10 +362,11 @@ def check_sampling_args(n: object, max_new_tokens: object, temperature: object, 
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
     if seed is not None:
-        _check_int(seed, "seed", minimum=0)
+        check_int(seed, "seed", minimum=0)
 
 
-def _check_int(value: object, name: str, *, minimum: int) -> None:
+def check_int(value: object, name: str, *, minimum: int) -> None:
+    """ValueError naming ``name`` unless ``value`` is an int (not a bool) >= ``minimum``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 

@@ -32,16 +32,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rubricrl.engines.base import Engine, MaxNewTokens, Prompt, Sample
 
-__all__ = ["ChunkedSession", "FinishedGroup", "GenerationSession", "check_groups_per_call"]
+__all__ = ["ChunkedSession", "FinishedGroup", "GenerationSession"]
 
 #: (key of the batch, prompt index within the batch, the prompt's ``n`` samples)
 FinishedGroup = tuple[Hashable, int, list["Sample"]]
-
-
-def check_groups_per_call(groups_per_call: object) -> int:
-    if not isinstance(groups_per_call, int) or isinstance(groups_per_call, bool) or groups_per_call < 1:
-        raise ValueError(f"groups_per_call must be an int >= 1, got {groups_per_call!r}")
-    return groups_per_call
 
 
 class GenerationSession(abc.ABC):
@@ -92,7 +86,10 @@ class ChunkedSession(GenerationSession):
 
     def __init__(self, engine: Engine, groups_per_call: int = 1) -> None:
         self.engine = engine
-        self.groups_per_call = check_groups_per_call(groups_per_call)
+        from rubricrl.engines.base import check_int
+
+        check_int(groups_per_call, "groups_per_call", minimum=1)
+        self.groups_per_call = groups_per_call
         # (key, first prompt index, prompts, caps, n, temperature, top_p, chunk seed)
         self._chunks: deque[tuple[Hashable, int, list[Prompt], list[int], int, float, float, int | None]] = deque()
         self._keys: dict[Hashable, int] = {}  # key -> groups not yet returned

@@ -81,12 +81,13 @@ from rubricrl.engines.base import (
     ServedEngine,
     VerdictOptions,
     VerdictRequest,
+    check_int,
     check_sampling_args,
     per_prompt_caps,
 )
 from rubricrl.engines.hf import HFEngine
 from rubricrl.engines.prompts import encode_prompts
-from rubricrl.engines.session import FinishedGroup, GenerationSession, check_groups_per_call
+from rubricrl.engines.session import FinishedGroup, GenerationSession
 from rubricrl.engines.scoring import verdicts_from_logprobs
 
 __all__ = ["DEFAULT_KV_CACHE_BYTES", "VLLMEngine", "vllm_available"]
@@ -283,7 +284,7 @@ class VLLMEngine(ServedEngine):
         submitted, each prompt's group handed over once its ``n`` responses are finished
         (``groups_per_call`` is checked and ignored: vLLM schedules requests itself). Same
         requests and seeds as ``generate``, so a batch alone gives ``generate``'s samples."""
-        check_groups_per_call(groups_per_call)
+        check_int(groups_per_call, "groups_per_call", minimum=1)
         return _VLLMSession(self)
 
     def _requests(

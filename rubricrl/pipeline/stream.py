@@ -89,7 +89,7 @@ import torch
 
 from rubricrl.config import BEHAVIOUR_VERSIONS
 from rubricrl.engines import Engine, HFEngine
-from rubricrl.engines.base import Sample
+from rubricrl.engines.base import Sample, check_int
 from rubricrl.engines.session import GenerationSession
 from rubricrl.pipeline.rewards import RewardOutput, RewardSource
 from rubricrl.pipeline.data import TrainPrompt
@@ -254,8 +254,7 @@ class StreamPipeline:
         if behaviour_version not in BEHAVIOUR_VERSIONS:
             raise ValueError(f"behaviour_version must be one of {BEHAVIOUR_VERSIONS}, got {behaviour_version!r}")
         self.behaviour_version = behaviour_version
-        if not isinstance(rollout_threads, int) or isinstance(rollout_threads, bool) or rollout_threads < 0:
-            raise ValueError(f"rollout_threads must be an int >= 0, got {rollout_threads!r}")
+        check_int(rollout_threads, "rollout_threads", minimum=0)
         self.rollout_threads = rollout_threads
         self.engine = engine
         self.rollout = rollout
@@ -482,33 +481,36 @@ class StreamPipeline:
 
         return run
 
+    def _published(self, version: int) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """(Under the lock.) The weights of ``version`` if published, the oldest kept if
+        ``version`` was already dropped, else None."""
+        if version in self._weights:
+            return version, self._weights[version]
+        if self._weights and min(self._weights) > version:
+            oldest = min(self._weights)
+            return oldest, self._weights[oldest]
+        return None
+
     def _weights_for(self, version: int) -> tuple[int, dict[str, torch.Tensor]]:
-        """(Under the lock.) The weights of ``version``, waiting until they are published; a
-        version already dropped gives the oldest one kept."""
+        """(Under the lock.) :meth:`_published`, waiting until ``version`` is published."""
         while True:
             if self._stop:
                 raise _Stop
-            if version in self._weights:
-                return version, self._weights[version]
-            if self._weights and min(self._weights) > version:
-                oldest = min(self._weights)
-                return oldest, self._weights[oldest]
+            found = self._published(version)
+            if found is not None:
+                return found
             self._cond.wait()
 
     def _weights_to_sample(self, step: int) -> tuple[int, dict[str, torch.Tensor]] | None:
         """(Under the lock.) The weights the rollout loads to sample ``step`` once its session
         is drained, or None while they are not published: the scheduled version ``b(step)``
-        (the oldest kept if it is gone), or (``newest``) the newest published version once
-        it is at least ``b(step)``."""
+        (:meth:`_published`), or (``newest``) the newest published version once it is at
+        least ``b(step)``."""
         needed = self._offset + behaviour_version_of(step, self.eta)
+        if self.behaviour_version == "scheduled":
+            return self._published(needed)
         newest = max(self._weights, default=-1)
-        if self.behaviour_version == "scheduled" and needed in self._weights:
-            return needed, self._weights[needed]
-        if self.behaviour_version == "scheduled" and self._weights and min(self._weights) > needed:
-            return min(self._weights), self._weights[min(self._weights)]
-        if self.behaviour_version == "newest" and newest >= needed:
-            return newest, self._weights[newest]
-        return None
+        return (newest, self._weights[newest]) if newest >= needed else None
 
     def _wait_for_weights(self, step: int) -> tuple[int, dict[str, torch.Tensor]]:
         """The weights to sample ``step`` with (:meth:`_weights_to_sample`), waiting for them;
@@ -557,6 +559,7 @@ class StreamPipeline:
                 seed=rollout_seed(ro.seed, step),
             )
 
+        served = _serving_version(engine)  # tracked here: asking vLLM on every decode step costs
         with engine.open_session(self.groups_per_call) as session:
             t1 = time.perf_counter()
             while k < len(steps) or session.in_flight():
@@ -564,15 +567,16 @@ class StreamPipeline:
                     # drained: the only moment the weights may change (never inside a request)
                     t0 = time.perf_counter()
                     version, weights = self._wait_for_weights(steps[k])
-                    if version != _serving_version(engine):
+                    if version != served:
                         _load(engine, weights, version)
+                        served = version
                     submit(session, steps[k])
                     k += 1
                     t1 = time.perf_counter()
                     with self._cond:
                         self.counts["rollout_wait_s"] += t1 - t0
                 # every later step the served weights may sample joins the same session
-                while k < len(steps) and self._admissible(steps[k], _serving_version(engine)):
+                while k < len(steps) and self._admissible(steps[k], served):
                     submit(session, steps[k])
                     k += 1
                 finished = session.poll()
